@@ -6,7 +6,14 @@ __version__ = "0.1.0"
 # %% auto #0
 __all__ = []
 
-# %% ../nbs/index.ipynb #d262633b
+# %% ../nbs/index.ipynb #216f771d
 from .core import MEOConfig, METHODS, LEVELS
 from .routing import Router, Routing, masked_mean
 from .layers import MoELinear, MEOLinear, TokenAttention, merged_linear, merge_experts
+from .convert import moefy, aux_loss, from_pretrained, to_dense, set_task_ids, expert_usage, find_ffn
+
+def __getattr__(name):  # the Trainer integration imports transformers.Trainer: only when asked for
+    if name == "MEOTrainer":
+        from meo.train import MEOTrainer
+        return MEOTrainer
+    raise AttributeError(f"module 'meo' has no attribute {name!r}")
