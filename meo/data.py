@@ -236,6 +236,7 @@ def _lock(path: Path):
 # %% ../nbs/07_data.ipynb #b24828e7
 def fetch(name: str, cache: str | os.PathLike | None = None, force: bool = False) -> Path:
     "Folder with the unpacked files of source `name` (a key of `SOURCES`), downloaded and checked if needed."
+    # force: download and unpack again even if the cache is intact
     src, root = _source(name), cache_dir(cache)
     dest, archive = root / src.dirname, root / "downloads" / src.filename
     with _lock(root / ".locks" / f"{name}.lock"):
@@ -563,7 +564,12 @@ def _hub(path: str, config: str | None, kind: str, renames: dict, stand_in: str)
                 f"stand-in: load_task({stand_in!r}).") from e
         return _uniform(dsd, kind, renames)
     load.__doc__ = f"`datasets.load_dataset({path!r}, {config!r})` in the `{kind}` schema (needs internet)."
+    load.hub, load.renames = (path, config), renames
     return load
+
+def _glue_renames(task: str) -> dict:
+    a, b = GLUE_COLUMNS[task]
+    return {a: "text_a", b: "text_b", "idx": "id"} if b else {a: "text", "idx": "id"}
 
 # %% ../nbs/07_data.ipynb #452c79e7
 _ACC_F1 = ("accuracy", "f1")
@@ -596,8 +602,7 @@ _GLUE = {  # task: (kind, metrics, label names, offline stand-in)
     "rte": ("pair-classification", ("accuracy",), ("entailment", "not_entailment"), "bible-para"),
 }
 _PAPER = [TaskInfo(f"glue-{t}", kind, "paper", m, f"GLUE {t.upper()} (hub: nyu-mll/glue)", names, None,
-                   _hub("nyu-mll/glue", t, kind, {GLUE_COLUMNS[t][0]: "text_a" if GLUE_COLUMNS[t][1] else "text",
-                                                  GLUE_COLUMNS[t][1]: "text_b", "idx": "id"}, alt))
+                   _hub("nyu-mll/glue", t, kind, _glue_renames(t), alt))
           for t, (kind, m, names, alt) in _GLUE.items()] + [
     TaskInfo("wikitext-2", "lm", "paper", ("perplexity",), "WikiText-2 raw (hub: Salesforce/wikitext)", None, None,
              _hub("Salesforce/wikitext", "wikitext-2-raw-v1", "lm", {}, "bbc-lm")),
