@@ -493,11 +493,11 @@ def read_sword(module: Path, versification: dict) -> dict:
                     idx += 1
     return out
 
-def bible_para(cache: str | os.PathLike | None = None) -> DatasetDict:
-    "MRPC-like paraphrase pairs: a KJV verse vs the same (label 1) or the next (label 0) verse in WEB."
+@lru_cache(maxsize=None)
+def _bible_rows(kjv_root: str, web_root: str, cache: str) -> tuple:
     canons = _canons(cache)
-    kjv = read_sword(fetch("kjv", cache) / "usr/share/sword/modules/texts/ztext/engKJV2006eb", canons["kjv"])
-    web = read_sword(fetch("web", cache) / "usr/share/sword/modules/texts/ztext/engWEB2015eb", canons["nrsva"])
+    kjv = read_sword(Path(kjv_root) / "usr/share/sword/modules/texts/ztext/engKJV2006eb", canons["kjv"])
+    web = read_sword(Path(web_root) / "usr/share/sword/modules/texts/ztext/engWEB2015eb", canons["nrsva"])
     lengths = lambda v: {(b[1], c): n for t in canons[v].values() for b in t for c, n in enumerate(b[3], 1)}
     lk, lw = lengths("kjv"), lengths("nrsva")
     rows = []
@@ -509,6 +509,11 @@ def bible_para(cache: str | os.PathLike | None = None) -> DatasetDict:
         b = web.get((book, c, v if pos else v % n + 1))
         if b is None: continue
         rows.append({"id": ref, "text_a": a, "text_b": b, "label": int(pos), "chapter": f"{book}.{c}"})
+    return tuple(rows)
+
+def bible_para(cache: str | os.PathLike | None = None) -> DatasetDict:
+    "MRPC-like paraphrase pairs: a KJV verse vs the same (label 1) or the next (label 0) verse in WEB."
+    rows = list(_bible_rows(str(fetch("kjv", cache)), str(fetch("web", cache)), str(cache_dir(cache))))
     return _make_splits(rows, "bible", lambda r: r["chapter"], _features("pair-classification",
                                                                       ("not_paraphrase", "paraphrase")))
 
