@@ -202,14 +202,14 @@ def model_cost(config, **kwargs) -> Cost:
     return MODEL_COSTS[check_choice("model_type", getattr(config, "model_type", None), tuple(MODEL_COSTS))](config, **kwargs)
 
 # %% ../nbs/05_flops.ipynb #5df0f0a2
+BERT_SIZES = {"small": dict(num_hidden_layers=4, hidden_size=512, num_attention_heads=8, intermediate_size=2048),
+              "base": dict(num_hidden_layers=12, hidden_size=768, num_attention_heads=12, intermediate_size=3072),
+              "large": dict(num_hidden_layers=24, hidden_size=1024, num_attention_heads=16, intermediate_size=4096)}
+
 def bert_config(size: str = "base"):
     "A `BertConfig` of the paper's sizes: 'small' (4 layers, 512, FFN 2048, 8 heads), 'base', 'large'."
     from transformers import BertConfig
     return BertConfig(**BERT_SIZES[check_choice("size", size, tuple(BERT_SIZES))])
-
-BERT_SIZES = {"small": dict(num_hidden_layers=4, hidden_size=512, num_attention_heads=8, intermediate_size=2048),
-              "base": dict(num_hidden_layers=12, hidden_size=768, num_attention_heads=12, intermediate_size=3072),
-              "large": dict(num_hidden_layers=24, hidden_size=1024, num_attention_heads=16, intermediate_size=4096)}
 
 def abstract_conventions(k: int = 4, n_experts: int = 16, seq_len: int = 128):
     "BERT-Base FLOPs (G) of dense, MoE and MEO under candidate counting conventions: which give 72.0 / 28.6 / 28.9."
