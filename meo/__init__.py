@@ -6,7 +6,7 @@ __version__ = "0.1.0"
 # %% auto #0
 __all__ = []
 
-# %% ../nbs/index.ipynb #216f771d
+# %% ../nbs/index.ipynb #69d3348b
 from .core import MEOConfig, METHODS, LEVELS
 from .routing import Router, Routing, masked_mean
 from .layers import MoELinear, MEOLinear, TokenAttention, merged_linear, merge_experts
