@@ -57,11 +57,14 @@ def moe_experts(x: Tensor,             # (N, I) tokens
     token = order // k                                              # token of each sorted pair
     g = gate.reshape(-1)[order].to(x.dtype)
     counts = torch.bincount(flat, minlength=weight.shape[0]).tolist()
+    # unbind once: indexing weight[e] per expert would make backward add one zero-filled (n, O, I) gradient per expert
+    ws = weight.unbind(0)
+    bs = (None,) * len(ws) if bias is None else bias.unbind(0)
     start = 0
     for e, c in enumerate(counts):
         if c == 0: continue
         t, ge = token[start:start + c], g[start:start + c]
-        ye = F.linear(x[t], weight[e], None if bias is None else bias[e])   # (c, O)
+        ye = F.linear(x[t], ws[e], bs[e])                                # (c, O)
         out.index_add_(0, t, ye * ge[:, None])
         start += c
     return out

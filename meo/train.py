@@ -36,7 +36,7 @@ class MEOTrainer(Trainer):
         return (loss, outputs) if return_outputs else loss
 
     def log(self, logs: dict, start_time=None):
-        phase = "train" if "loss" in logs else "eval"
+        phase = "train" if "loss" in logs or "train_runtime" in logs else "eval"   # the end-of-training log too
         if phase == "train" and self._aux_steps:
             logs["aux_loss"] = round(self._aux_total / self._aux_steps, 6)
             self._aux_total, self._aux_steps = 0.0, 0
