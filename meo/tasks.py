@@ -17,10 +17,11 @@ from .experiments import (TaskType, ModelSpec, MODELS, make_config, model_spec, 
 
 # %% auto #0
 __all__ = ['ROUGE_TYPES', 'GPT2_MINI', 'MODEL_SPECS', 'GENERATION_PROBE', 'ADAPTERS', 'TABLE_SEEDS', 'TABLE_VARIANTS', 'TABLES',
-           'SPEED_COLUMNS', 'token_nll', 'perplexity', 'normalize_answer', 'exact_match', 'qa_f1', 'rouge',
-           'gpt2_mini_config', 'encoder_decoder_from', 'CausalLMTask', 'generation_kwargs', 'Seq2SeqTask',
-           'seq2seq_cost', 'QATask', 'scramble_routing', 'generation_check', 'Table', 'table_grid', 'speed_frame',
-           'table_stats', 'table_text', 'plot_table', 'settings_table', 'table']
+           'SPEED_COLUMNS', 'SPEED_STATS', 'token_nll', 'perplexity', 'normalize_answer', 'exact_match', 'qa_f1',
+           'rouge', 'gpt2_mini_config', 'encoder_decoder_from', 'CausalLMTask', 'target_ids', 'generation_kwargs',
+           'Seq2SeqTask', 'seq2seq_cost', 'QATask', 'scramble_routing', 'generation_check', 'Table', 'table_grid',
+           'speed_frame', 'table_stats', 'table_text', 'plot_table', 'settings_table', 'table', 'size_table',
+           'preset_rows', 'estimate_table']
 
 # %% ../nbs/09_tasks.ipynb #d2e76e6c
 def token_nll(logits: torch.Tensor,   # (B, T, V) logits of a causal LM
@@ -81,12 +82,16 @@ def gpt2_mini_config(**overrides):
     return GPT2Config(**{"vocab_size": 50257, "bos_token_id": 50256, "eos_token_id": 50256, "pad_token_id": 50256,
                          **GPT2_MINI, **overrides})
 
-def encoder_decoder_from(path: str, tokenizer_path: str | None = None, **decoder_overrides):
+def encoder_decoder_from(path: str, tokenizer_path: str | None = None, cross_from_self: bool = True, **decoder_overrides):
     "A BERT2BERT `EncoderDecoderModel` warm-started from the BERT at `path` on both sides, its special tokens set."
     from transformers import AutoTokenizer, EncoderDecoderModel
     tok = AutoTokenizer.from_pretrained(tokenizer_path or path)
     model = EncoderDecoderModel.from_encoder_decoder_pretrained(path, path, **{f"decoder_{k}": v for k, v in
                                                                             decoder_overrides.items()})
+    if cross_from_self:                  # cross-attention starts as a copy of the layer's pretrained self-attention
+        with torch.no_grad():
+            for layer in model.decoder.bert.encoder.layer:
+                layer.crossattention.load_state_dict(layer.attention.state_dict())
     ids = dict(decoder_start_token_id=tok.cls_token_id, bos_token_id=tok.cls_token_id, eos_token_id=tok.sep_token_id,
                pad_token_id=tok.pad_token_id)
     for k, v in ids.items(): setattr(model.config, k, v); setattr(model.generation_config, k, v)
@@ -124,7 +129,7 @@ class CausalLMTask(TaskType):
     kinds = ("lm",)
     auto_model = "AutoModelForCausalLM"
     presets = {
-        "offline": dict(model="gpt2-mini", lr=1e-3, epochs=1.0, steps=48, batch=8, eval_batch=8, max_examples=200,
+        "offline": dict(model="gpt2-mini", lr=1e-3, epochs=1.0, steps=64, batch=8, eval_batch=8, max_examples=200,
                         max_eval_examples=40, max_length=128, weight_decay=0.0, n_experts=8, k=2, level="task"),
         "paper": dict(model="gpt2", lr=1e-5, epochs=10.0, steps=None, batch=8, eval_batch=8, max_examples=None,
                       max_eval_examples=None, max_length=1024, weight_decay=0.0, n_experts=8, k=2, level="task"),
@@ -195,6 +200,12 @@ class CausalLMTask(TaskType):
                          level=cfg.level, segments=seg).gflops
 
 # %% ../nbs/09_tasks.ipynb #64b1e117
+def target_ids(tok, texts: list[str], max_length: int) -> list[list[int]]:
+    "Token ids of targets; a BERT-style tokenizer's leading [CLS] (no BOS: it is the decoder start token) dropped."
+    ids = tok(text_target=texts, truncation=True, max_length=max_length + 1)["input_ids"]
+    bert_style = tok.bos_token_id is None and tok.cls_token_id is not None
+    return [x[1:] if bert_style and x and x[0] == tok.cls_token_id else x[:max_length] for x in ids]
+
 def generation_kwargs(cfg) -> dict:
     "The `generate` settings of a run: beams, max_length/min_length (decoder tokens), no_repeat_ngram_size."
     beams = cfg.num_beams or 1
@@ -209,7 +220,7 @@ class Seq2SeqTask(TaskType):
     auto_model = "AutoModelForSeq2SeqLM"
     presets = {
         "offline": dict(model="minilm2minilm", lr=2e-4, epochs=1.0, steps=None, batch=8, eval_batch=16,
-                        max_examples=400, max_eval_examples=64, max_length=128, weight_decay=0.1, max_target_length=40,
+                        max_examples=360, max_eval_examples=64, max_length=128, weight_decay=0.1, max_target_length=40,
                         min_target_length=None, num_beams=None, no_repeat_ngram_size=3, n_experts=8, k=2,
                         level="sequence"),
         "paper": dict(model="facebook/bart-large", lr=1e-4, epochs=4.0, steps=None, batch=8, eval_batch=8,
@@ -221,7 +232,7 @@ class Seq2SeqTask(TaskType):
         tl = cfg.max_target_length or cfg.max_length
         def encode(batch):
             enc = tok(batch["source"], truncation=True, max_length=cfg.max_length, return_token_type_ids=False)
-            enc["labels"] = tok(text_target=batch["target"], truncation=True, max_length=tl)["input_ids"]
+            enc["labels"] = target_ids(tok, batch["target"], tl)
             enc["length"] = [len(x) for x in enc["input_ids"]]
             enc["references"] = [[t] for t in batch["target"]]
             if task_ids: enc["task_ids"] = [cfg.task_id] * len(enc["length"])
@@ -298,7 +309,7 @@ class QATask(Seq2SeqTask):
     kinds = ("qa",)
     presets = {
         "offline": dict(model="minilm2minilm", lr=2e-4, epochs=1.0, steps=None, batch=8, eval_batch=16,
-                        max_examples=400, max_eval_examples=64, max_length=192, stride=None, weight_decay=0.1,
+                        max_examples=360, max_eval_examples=64, max_length=160, stride=None, weight_decay=0.1,
                         max_target_length=16, min_target_length=None, num_beams=None, no_repeat_ngram_size=None,
                         n_experts=8, k=8, level="sequence"),
         "paper": dict(model="t5-small", lr=3e-5, epochs=2.0, steps=None, batch=12, eval_batch=32, max_examples=None,
@@ -327,7 +338,7 @@ class QATask(Seq2SeqTask):
                     span = [o for o, sid in zip(enc["offset_mapping"][w], enc.sequence_ids(w)) if sid == 1]
                     if not span or not (span[0][0] <= s and e <= span[-1][1]): continue
                 out["input_ids"].append(enc["input_ids"][w]); out["attention_mask"].append(enc["attention_mask"][w])
-                out["labels"].append(tok(text_target=ans["text"][0], truncation=True, max_length=tl)["input_ids"])
+                out["labels"].append(target_ids(tok, [ans["text"][0]], tl)[0])
                 out["length"].append(len(enc["input_ids"][w])); out["example"].append(indices[i])
                 out["references"].append(list(ans["text"]))
             if task_ids: out["task_ids"] = [cfg.task_id] * len(out["length"])
@@ -433,6 +444,7 @@ def table_grid(name: str, variant: str = "quick", seeds=None, **settings) -> lis
 # %% ../nbs/09_tasks.ipynb #0ee949b1
 SPEED_COLUMNS = ["task", "method", "level", "n_experts", "k", "seed", "train_samples_per_s", "eval_samples_per_s",
                  "gen_examples", "gen_new_tokens", "gen_runtime_s", "gen_tokens_per_s", "gflops_per_example", "hash"]
+SPEED_STATS = ["train_samples_per_s", "eval_samples_per_s", "gen_tokens_per_s", "gflops_per_example"]
 _SCALE = {"perplexity": 1.0}                        # other metrics are in [0, 1]: shown x 100
 
 def speed_frame(results: list[dict]):
@@ -459,8 +471,7 @@ def table_stats(df, speed=None) -> tuple:
     mean, std = g.mean(), g.std(ddof=1)
     if speed is not None:
         s = speed.assign(level=speed.level.fillna("-"), k=speed.k.fillna(0).astype(int))
-        cols = ["train_samples_per_s", "eval_samples_per_s", "gen_tokens_per_s", "gflops_per_example"]
-        sp = s.groupby(keys, sort=False)[cols].mean()
+        sp = s.groupby(keys, sort=False)[SPEED_STATS].mean()
         mean, std = mean.join(sp), std.join(sp * np.nan)
     index = _order(mean.reset_index()[keys]).set_index(keys).index
     return mean.loc[index], std.loc[index]
@@ -470,10 +481,8 @@ def table_text(mean, std, digits: int = 1):
     cell = lambda m, s: "–" if np.isnan(m) else (f"{m:.{digits}f}" if np.isnan(s) else f"{m:.{digits}f} ± {s:.{digits}f}")
     out = mean.copy().astype(object)
     for c in mean.columns:
-        if c in std.columns and std[c].notna().any() or c not in ("train_samples_per_s", "eval_samples_per_s",
-                                                                  "gen_tokens_per_s", "gflops_per_example"):
-            out[c] = [cell(m, s) for m, s in zip(mean[c], std[c])]
-        else: out[c] = [("–" if np.isnan(m) else f"{m:.3g}") for m in mean[c]]
+        if c in SPEED_STATS: out[c] = [("–" if np.isnan(m) else f"{m:.3g}") for m in mean[c]]
+        else: out[c] = [cell(m, s) for m, s in zip(mean[c], std[c])]
     return out
 
 # %% ../nbs/09_tasks.ipynb #709f281e
@@ -553,3 +562,38 @@ def table(name: str, variant: str = "quick", jobs: int | None = None, threads: i
     from meo.experiments import format_table
     print(format_table(table_text(*table_stats(df, speed))))
     return df
+
+# %% ../nbs/09_tasks.ipynb #8941ab7a
+def size_table(name: str, steps: int = 4, eval_examples: int = 16, out_dir=None, **settings):
+    "Times of every configuration of table `name` (seed 42) from runs of `steps` steps and `eval_examples` examples."
+    import pandas as pd, tempfile
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="meo-size-") as tmp:
+        for g in table_grid(name, "full", seeds=(42,), steps=steps, max_eval_examples=eval_examples, **settings):
+            r = run(**g, out_dir=out_dir or tmp, progress=False, verbose=False)
+            tr, ev, gen = r["train"], r["eval"], r.get("generate") or {}
+            probe = gen.get("runtime_s", 0.0) if task_info(g["task"]).kind == "lm" else 0.0
+            rows.append(dict(method=g["method"], level=g.get("level"), k=g.get("k"), steps=tr["steps"],
+                             step_s=tr["runtime_s"] / tr["steps"], eval_rows=ev["examples"],
+                             row_s=ev["runtime_s"] / ev["examples"], probe_s=probe,
+                             t0_s=r["wall_s"] - tr["runtime_s"] - ev["runtime_s"] - probe, threads=r["threads"]))
+    return pd.DataFrame(rows)
+
+def preset_rows(name: str, **settings) -> dict:
+    "Training steps and evaluation rows of a run of table `name` in the offline preset (counted on the data)."
+    t = _table(name)
+    cfg = make_config(t.task, **settings)
+    tt, spec, info = task_type(task_info(t.task).kind), model_spec(cfg.model), task_info(t.task)
+    dsd = load_task(t.task, {s: n for s, n in (("train", cfg.max_examples), ("validation", cfg.max_eval_examples)) if n})
+    tok = tt.tokenizer(spec)
+    train = tt.preprocess(dsd["train"], tok, info, cfg, False, training=True)
+    evald = tt.preprocess(dsd["validation"], tok, info, cfg, False)
+    steps = cfg.steps if cfg.steps is not None else math.ceil(math.ceil(len(train) / cfg.batch) * cfg.epochs)
+    rows = len(set(evald["example"])) if "example" in evald.column_names else len(evald)
+    return {"steps": steps, "eval_rows": rows, "train_rows": len(train), "eval_windows": len(evald)}
+
+def estimate_table(name: str, sizing, jobs: int = 2, seeds: int = len(TABLE_SEEDS), **settings):
+    "(estimated seconds of each configuration's run, estimated minutes of the full table with `jobs` workers)."
+    n = preset_rows(name, **settings)
+    est = sizing.assign(est_s=sizing.t0_s + n["steps"] * sizing.step_s + n["eval_rows"] * sizing.row_s + sizing.probe_s)
+    return est, float(est.est_s.sum() * seeds / jobs / 60)
