@@ -167,7 +167,10 @@ def _model_pre_hook(module, args, kwargs):
     module._meo_context.call_task_ids = kwargs.pop("task_ids", None)
     return args, kwargs
 
-_HOOKS = (_stack_pre_hook, _stack_post_hook, _model_pre_hook)
+def _model_post_hook(module, args, kwargs, output):
+    module._meo_context.call_task_ids = None     # a later call of a part alone (generate's encoder) uses the defaults
+
+_HOOKS = (_stack_pre_hook, _stack_post_hook, _model_pre_hook, _model_post_hook)
 
 def _remove_hooks(model: nn.Module):
     for m in model.modules():
@@ -241,6 +244,7 @@ def moefy(model: nn.Module, config: MEOConfig | None = None, **kwargs) -> nn.Mod
         setattr(modules[parent] if parent else model, attr, layer)
     model._meo_context = mctx
     model.register_forward_pre_hook(_model_pre_hook, with_kwargs=True)
+    model.register_forward_hook(_model_post_hook, with_kwargs=True, always_call=True)
     for sname, ctx in ctxs.items():
         stack = modules[sname]
         stack._meo_stack = ctx

@@ -4,7 +4,7 @@
 
 # %% ../nbs/08_experiments.ipynb #f22e4e81
 from __future__ import annotations
-import argparse, hashlib, json, math, os, re, sys, tempfile, time, warnings
+import argparse, hashlib, importlib, json, math, os, re, sys, tempfile, time, warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, asdict, fields, replace
 from pathlib import Path
@@ -15,12 +15,13 @@ from .core import METHODS, LEVELS, check_choice, check_int
 from .data import TASKS, task_info, load_task, minilm_path
 
 # %% auto #0
-__all__ = ['MODELS', 'METRICS', 'TASK_TYPES', 'PLANNED_TASK_TYPES', 'PROTOCOL', 'RUN_METHODS', 'CONFIGS', 'GLUE_TASKS',
-           'PAPER_GLUE_TASKS', 'GLUE_SEEDS', 'GLUE_KS', 'SMOKE', 'GLUE_VARIANTS', 'RESULT_COLUMNS', 'PAPER_ABSTRACT',
-           'LEVEL_COLORS', 'METHOD_NAMES', 'ModelSpec', 'model_spec', 'task_score', 'TaskType', 'register_task_type',
-           'task_type', 'SequenceTask', 'RunConfig', 'make_config', 'config_hash', 'run_path', 'read_run', 'summary',
-           'run', 'glue_grid', 'default_jobs', 'run_grid', 'results_frame', 'glue_summary', 'glue_table',
-           'routing_frame', 'plot_vs_k', 'plot_usage', 'format_table', 'glue', 'list_text', 'cli', 'main']
+__all__ = ['MODELS', 'METRICS', 'TASK_TYPES', 'TASK_TYPE_MODULES', 'PROTOCOL', 'RUN_METHODS', 'CONFIGS', 'OPTIONAL_FIELDS',
+           'GLUE_TASKS', 'PAPER_GLUE_TASKS', 'GLUE_SEEDS', 'GLUE_KS', 'SMOKE', 'GLUE_VARIANTS', 'RESULT_COLUMNS',
+           'PAPER_ABSTRACT', 'LEVEL_COLORS', 'METHOD_NAMES', 'ModelSpec', 'model_spec', 'task_score', 'TaskType',
+           'register_task_type', 'task_type', 'SequenceTask', 'RunConfig', 'make_config', 'config_dict', 'config_hash',
+           'run_path', 'read_run', 'summary', 'run', 'glue_grid', 'default_jobs', 'run_grid', 'results_frame',
+           'glue_summary', 'glue_table', 'routing_frame', 'plot_vs_k', 'plot_usage', 'format_table', 'glue', 'tables',
+           'list_text', 'cli', 'main']
 
 # %% ../nbs/08_experiments.ipynb #d0b51a35
 @dataclass(frozen=True)
@@ -29,6 +30,7 @@ class ModelSpec:
     weights: Callable[[], str] | None = None     # -> folder or hub id of pretrained weights
     config: Callable[[], object] | None = None   # -> a transformers config, to build the model from scratch
     tokenizer: Callable[[], str] | None = None   # -> tokenizer folder or hub id (default: the weights)
+    build: Callable[[], object] | None = None    # -> the model itself (e.g. an encoder-decoder warm-started from encoders)
     description: str = ""
 
     def tokenizer_source(self) -> str:
@@ -123,6 +125,7 @@ class TaskType:
     "How the runner treats one kind of task: model class, preprocessing, collator, evaluation and metrics."
     kinds: tuple = ()                 # the `TaskInfo.kind`s this adapter serves
     auto_model: str = ""              # the transformers Auto class of the model
+    presets: dict = {}                # {'offline' | 'paper': settings replacing those of CONFIGS for these kinds}
 
     def model_kwargs(self, info) -> dict: return {}
 
@@ -130,6 +133,8 @@ class TaskType:
         "The model: pretrained weights with this task's head, or (spec.config) a new model trained from scratch."
         import transformers
         cls, kw = getattr(transformers, self.auto_model), self.model_kwargs(info)
+        if spec.build is not None:
+            with _quiet_transformers(): return spec.build()
         if spec.config is not None:
             config = spec.config()
             for key, v in kw.items(): setattr(config, key, v)
@@ -140,8 +145,8 @@ class TaskType:
         from transformers import AutoTokenizer
         return _load(lambda: AutoTokenizer.from_pretrained(spec.tokenizer_source()), name, "tokenizer")
 
-    def preprocess(self, ds, tok, info, cfg, task_ids: bool):
-        "Tokenize split `ds`: model inputs, `labels`, `length` (tokens per example), and `task_ids` if asked."
+    def preprocess(self, ds, tok, info, cfg, task_ids: bool, training: bool = False):
+        "Tokenize split `ds` (the training split if `training`): inputs, `labels`, `length` (tokens), `task_ids` if asked."
         raise NotImplementedError
 
     def collator(self, tok, cfg):
@@ -157,27 +162,29 @@ class TaskType:
         if missing: raise RuntimeError(f"the evaluation of {info.name!r} did not compute {missing}: got {sorted(out)}")
         return {m: float(out[f"eval_{m}"]) for m in info.metrics}, out
 
-    def flops(self, model, cfg, seq_len: int) -> float | None: return None
+    def flops(self, model, cfg, seq_len: int, ds=None) -> float | None: return None
 
 TASK_TYPES: dict = {}
-PLANNED_TASK_TYPES = {
-    "lm": "causal language modelling (AutoModelForCausalLM, perplexity)",
-    "seq2seq": "summarization (AutoModelForSeq2SeqLM, ROUGE of generated text)",
-    "qa": "question answering (EM/F1)",
-}
+TASK_TYPE_MODULES = {"lm": "meo.tasks", "seq2seq": "meo.tasks", "qa": "meo.tasks"}   # kinds whose adapters live elsewhere
 
 def register_task_type(tt: TaskType) -> TaskType:
     "Make `tt` the adapter of the kinds it lists."
     for kind in tt.kinds: TASK_TYPES[kind] = tt
     return tt
 
+def _load_task_types():
+    "Import the modules of `TASK_TYPE_MODULES`; register their `ADAPTERS` and `MODEL_SPECS` here."
+    for name in dict.fromkeys(TASK_TYPE_MODULES.values()):
+        mod = importlib.import_module(name)
+        for tt in mod.ADAPTERS:
+            if not all(k in TASK_TYPES for k in tt.kinds): register_task_type(tt)
+        for key, spec in mod.MODEL_SPECS.items(): MODELS.setdefault(key, spec)
+
 def task_type(kind: str) -> TaskType:
     "The adapter of task kind `kind`; a clear error for kinds without one."
+    if kind not in TASK_TYPES and kind in TASK_TYPE_MODULES: _load_task_types()
     if kind in TASK_TYPES: return TASK_TYPES[kind]
-    if kind in PLANNED_TASK_TYPES:
-        raise NotImplementedError(f"tasks of kind {kind!r} ({PLANNED_TASK_TYPES[kind]}) have no runner adapter yet: it "
-                                  f"comes with the LM/QA/summarization experiments. Runnable kinds: {', '.join(TASK_TYPES)}")
-    raise ValueError(f"task kind {kind!r} is unknown: expected one of {', '.join([*TASK_TYPES, *PLANNED_TASK_TYPES])}")
+    raise ValueError(f"task kind {kind!r} is unknown: expected one of {', '.join(dict.fromkeys([*TASK_TYPES, *TASK_TYPE_MODULES]))}")
 
 # %% ../nbs/08_experiments.ipynb #198f5fe6
 class SequenceTask(TaskType):
@@ -192,7 +199,7 @@ class SequenceTask(TaskType):
             kw.update(id2label=dict(enumerate(info.label_names)), label2id={n: i for i, n in enumerate(info.label_names)})
         return kw
 
-    def preprocess(self, ds, tok, info, cfg, task_ids: bool):
+    def preprocess(self, ds, tok, info, cfg, task_ids: bool, training: bool = False):
         cols = ("text_a", "text_b") if info.kind.startswith("pair") else ("text",)
         regression = info.kind.endswith("regression")
         def encode(batch):
@@ -213,7 +220,7 @@ class SequenceTask(TaskType):
             return {m: METRICS[m](pred, p.label_ids) for m in info.metrics}
         return compute
 
-    def flops(self, model, cfg, seq_len: int) -> float | None:
+    def flops(self, model, cfg, seq_len: int, ds=None) -> float | None:
         from meo.flops import bert_cost
         if getattr(model.config, "model_type", None) != "bert": return None
         expert = {} if cfg.method == "dense" else dict(n_experts=cfg.n_experts, k=cfg.k, level=cfg.level)
@@ -257,10 +264,15 @@ class RunConfig:
     task_id: int = 0                 # task-level routing: the id of this run's task
     eval_split: str = "validation"
     protocol: int = PROTOCOL
+    max_target_length: int | None = None     # seq2seq/QA: tokens of a target (training labels; generation max_length)
+    min_target_length: int | None = None     # generation: min_length
+    num_beams: int | None = None             # generation: beams (None: greedy)
+    no_repeat_ngram_size: int | None = None  # generation: no repeated n-grams of this size
+    stride: int | None = None                # QA: tokens shared by consecutive context windows (None: truncate)
 
     def __post_init__(self):
         set_ = lambda k, v: object.__setattr__(self, k, v)
-        task_info(self.task)                                               # unknown task: ValueError with the list
+        task_type(task_info(self.task).kind)       # unknown task: ValueError with the list; loads its kind's models
         model_spec(self.model)
         check_choice("method", self.method, RUN_METHODS)
         check_choice("config", self.config, tuple(CONFIGS))
@@ -287,23 +299,34 @@ class RunConfig:
         check_int("task_id", self.task_id, 0, self.n_tasks - 1, f"n_tasks - 1 = {self.n_tasks - 1}")
         check_choice("eval_split", self.eval_split, ("validation", "test", "train") + (
             ("validation_matched", "validation_mismatched") if self.task == "glue-mnli" else ()))
+        for f in OPTIONAL_FIELDS:
+            if getattr(self, f) is not None: check_int(f, getattr(self, f), 0 if f == "no_repeat_ngram_size" else 1)
+        if self.stride is not None and self.stride >= self.max_length:
+            raise ValueError(f"stride={self.stride} is not valid: expected stride < max_length={self.max_length}")
 
     @property
     def label(self) -> str:
         "'dense' or e.g. 'meo token n=16 k=4'."
         return "dense" if self.method == "dense" else f"{self.method} {self.level} n={self.n_experts} k={self.k}"
 
+OPTIONAL_FIELDS = ("max_target_length", "min_target_length", "num_beams", "no_repeat_ngram_size", "stride")
+
 def make_config(task: str, config: str = "offline", **settings) -> RunConfig:
-    "The `RunConfig` of `task`: the preset `config` ('offline' or 'paper'), then `settings` on top."
+    "The `RunConfig` of `task`: the preset `config` ('offline' or 'paper') with its task type's own, then `settings`."
     check_choice("config", config, tuple(CONFIGS))
     unknown = set(settings) - {f.name for f in fields(RunConfig)}
     if unknown: raise ValueError(f"unknown settings {sorted(unknown)}: expected some of "
                                  f"{', '.join(f.name for f in fields(RunConfig) if f.name != 'task')}")
-    return RunConfig(task=task, config=config, **{**CONFIGS[config], **settings})
+    preset = task_type(task_info(task).kind).presets.get(config, {})
+    return RunConfig(task=task, config=config, **{**CONFIGS[config], **preset, **settings})
+
+def config_dict(cfg: RunConfig) -> dict:
+    "The stored form of `cfg`: every field, except the `OPTIONAL_FIELDS` that are None."
+    return {k: v for k, v in asdict(cfg).items() if not (k in OPTIONAL_FIELDS and v is None)}
 
 def config_hash(cfg: RunConfig) -> str:
     "12 hex digits of the sha256 of the configuration's canonical JSON."
-    return hashlib.sha256(json.dumps(asdict(cfg), sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:12]
+    return hashlib.sha256(json.dumps(config_dict(cfg), sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:12]
 
 def run_path(cfg: RunConfig, out_dir="results/runs") -> Path:
     "The result file of `cfg`: readable settings, then the hash of all of them."
@@ -341,7 +364,7 @@ def _train_and_evaluate(cfg: RunConfig, progress: bool = True) -> dict:
     bars = datasets.utils.are_progress_bars_disabled()
     datasets.disable_progress_bars()
     try:
-        train = tt.preprocess(dsd["train"], tok, info, cfg, task_ids=cfg.method != "dense")
+        train = tt.preprocess(dsd["train"], tok, info, cfg, task_ids=cfg.method != "dense", training=True)
         evald = tt.preprocess(dsd[cfg.eval_split], tok, info, cfg, task_ids=cfg.method != "dense")
         evald = evald.select(np.argsort(evald["length"], kind="stable"))     # short batches first, little padding
     finally:
@@ -380,13 +403,15 @@ def _train_and_evaluate(cfg: RunConfig, progress: bool = True) -> dict:
         metrics, ev = tt.evaluate(trainer, evald, info, cfg)
     mean_len = float(np.mean(evald["length"]))
     return {
-        "hash": config_hash(cfg), "config": asdict(cfg),
+        "hash": config_hash(cfg), "config": config_dict(cfg),
         "task_info": {"kind": info.kind, "metrics": list(info.metrics), "stands_in_for": info.stands_in_for},
         "metrics": metrics, "score": task_score(metrics),
-        "eval": {"examples": len(evald), "loss": ev.get("eval_loss"), "runtime_s": ev.get("eval_runtime"),
-                 "samples_per_s": ev.get("eval_samples_per_second"), "mean_length": mean_len},
+        "eval": {"examples": ev.get("eval_examples", len(evald)), "loss": ev.get("eval_loss"),
+                 "runtime_s": ev.get("eval_runtime"), "samples_per_s": ev.get("eval_samples_per_second"),
+                 "mean_length": mean_len},
+        "generate": ev.get("generate"), "predictions": ev.get("predictions"),
         "train": trained,
-        "gflops_per_example": tt.flops(model, cfg, round(mean_len)),
+        "gflops_per_example": tt.flops(model, cfg, round(mean_len), ds=evald),
         "parameters": sum(p.numel() for p in model.parameters()),
         "routing": _usage(trainer.routing_log),
         "device": str(trainer.args.device), "threads": torch.get_num_threads(), "versions": _versions(),
@@ -405,7 +430,7 @@ def read_run(path, cfg: RunConfig | None = None) -> dict | None:
     if not ok:
         warnings.warn(f"meo.experiments: {path} is not a complete result file; running it again")
         return None
-    if cfg is not None and res["config"] != asdict(cfg):
+    if cfg is not None and res["config"] != config_dict(cfg):
         warnings.warn(f"meo.experiments: {path} holds another configuration; running it again")
         return None
     return res
@@ -702,9 +727,9 @@ def _none_or_int(s: str):
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="meo-run", description="Train and evaluate dense/MoE/MEO models: one run "
-        "(meo-run TASK), a GLUE-like table (meo-run glue [--full]), or list what exists (meo-run list).",
+        "(meo-run TASK), a table (meo-run glue|wikitext|squad|xsum [--full]), or list what exists (meo-run list).",
         epilog="Results: one JSON per run under --out-dir (resumable); the table's CSV under results/.")
-    p.add_argument("target", help="a task name (see `meo-run list`), 'glue' or 'list'")
+    p.add_argument("target", help="a task name (see `meo-run list`), a table (glue, wikitext, squad, xsum) or 'list'")
     S = argparse.SUPPRESS
     g = p.add_argument_group("run settings (default: the preset's)")
     g.add_argument("--config", choices=tuple(CONFIGS), default=S, help="preset (default: offline)")
@@ -726,15 +751,22 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--n-tasks", dest="n_tasks", type=int, default=S)
     g.add_argument("--task-id", dest="task_id", type=int, default=S)
     g.add_argument("--eval-split", dest="eval_split", default=S)
-    t = p.add_argument_group("glue tables")
+    g.add_argument("--max-target-length", dest="max_target_length", type=int, default=S, help="seq2seq/QA targets")
+    g.add_argument("--min-target-length", dest="min_target_length", type=int, default=S, help="generation min_length")
+    g.add_argument("--num-beams", dest="num_beams", type=int, default=S, help="generation beams")
+    g.add_argument("--no-repeat-ngram-size", dest="no_repeat_ngram_size", type=int, default=S)
+    g.add_argument("--stride", type=int, default=S, help="QA: overlap of context windows")
+    g.add_argument("--one", action="store_true", help="one run of TASK where TASK also names a table (squad, xsum)")
+    t = p.add_argument_group("tables")
     v = t.add_mutually_exclusive_group()
     v.add_argument("--full", dest="variant", action="store_const", const="full",
-                   help="the whole table: 228 runs, about 100 minutes on 2 cores (default: quick, 12 runs, ~5 minutes)")
+                   help="the whole table (glue: 228 runs, about 100 minutes on 2 cores; default: quick, glue: 12 runs, "
+                        "~5 minutes; the others: see their notebooks)")
     v.add_argument("--smoke", dest="variant", action="store_const", const="smoke", help="a tiny slice (tests)")
     v.add_argument("--paper", dest="variant", action="store_const", const="paper",
-                   help="the paper configuration on GLUE (needs internet and a GPU)")
+                   help="the paper configuration (needs internet and a GPU)")
     t.add_argument("--jobs", type=int, default=None, help="worker processes (default: the cores, at most 8)")
-    t.add_argument("--csv", default=None, help="CSV to write (default: results/glue_offline[_VARIANT].csv)")
+    t.add_argument("--csv", default=None, help="CSV to write (default: results/TABLE_offline[_VARIANT].csv)")
     t.add_argument("--tasks", nargs="+", default=None, help="a subset of the table's tasks")
     t.add_argument("--seeds", nargs="+", type=int, default=None, help="seeds instead of the variant's")
     o = p.add_argument_group("output")
@@ -744,36 +776,51 @@ def _parser() -> argparse.ArgumentParser:
     o.add_argument("--quiet", action="store_true", help="no progress bars")
     return p
 
-_GLUE_ONLY = ("variant", "jobs", "csv", "tasks", "seeds")
+_TABLE_ONLY = ("variant", "jobs", "csv", "tasks", "seeds")
+
+def tables() -> dict:
+    "The tables `meo-run` makes: {name: function(variant, jobs=, threads=, out_dir=, csv=, tasks=, seeds=, progress=, **settings)}."
+    from functools import partial
+    _load_task_types()
+    tasks_mod = importlib.import_module("meo.tasks")
+    return {"glue": glue, **{name: partial(tasks_mod.table, name) for name in tasks_mod.TABLES}}
 
 def list_text() -> str:
-    "What `meo-run list` prints: tasks (runnable or not), models, presets."
+    "What `meo-run list` prints: tasks, models, presets, tables."
+    _load_task_types()
     lines = ["tasks (offline ones need no internet):"]
     for name, info in TASKS.items():
-        ok = "" if info.kind in TASK_TYPES else "   [no runner adapter yet]"
+        ok = "" if info.kind in TASK_TYPES else "   [no runner adapter]"
         lines.append(f"  {name:<13} {info.config:<8} {info.kind:<20} {', '.join(info.metrics):<24} {info.description[:60]}{ok}")
     lines += ["models:"] + [f"  {n:<13} {s.description}" for n, s in MODELS.items()]
     lines += ["  (or a save_pretrained folder, or a Hugging Face hub id such as bert-base-uncased)", "presets:"]
     lines += [f"  {n:<8} " + ", ".join(f"{k}={v}" for k, v in c.items()) for n, c in CONFIGS.items()]
+    for tt in dict.fromkeys(TASK_TYPES.values()):
+        for n, c in tt.presets.items():
+            lines.append(f"  {n:<8} ({'/'.join(tt.kinds)}) " + ", ".join(f"{k}={v}" for k, v in c.items()))
+    lines += ["tables: " + ", ".join(tables()) + "  (meo-run TABLE [--full | --smoke | --paper])"]
     return "\n".join(lines)
 
 def cli(argv=None):
     "`meo-run` with the arguments `argv`: returns the run's result, or the table's rows, or None."
     p = _parser()
     a = vars(p.parse_args(argv))
-    target, out_dir, threads, retrain, quiet = (a.pop(k) for k in ("target", "out_dir", "threads", "retrain", "quiet"))
-    glue_opts = {k: a.pop(k, None) for k in _GLUE_ONLY}
+    target, out_dir, threads, retrain, quiet, one = (a.pop(k) for k in ("target", "out_dir", "threads", "retrain", "quiet",
+                                                                         "one"))
+    table_opts = {k: a.pop(k, None) for k in _TABLE_ONLY}
     try:
         if target == "list": print(list_text()); return None
-        if target == "glue":
-            variant = glue_opts["variant"] or "quick"
+        makers = tables()
+        if target in makers and not one:
+            variant = table_opts["variant"] or "quick"
             if retrain: p.error("--retrain is for single runs; delete files under --out-dir to redo runs of a table")
-            csv = glue_opts["csv"] or f"results/glue_{'offline' if variant != 'paper' else 'paper'}" \
+            csv = table_opts["csv"] or f"results/{target}_{'offline' if variant != 'paper' else 'paper'}" \
                   f"{'' if variant in ('full', 'paper') else '_' + variant}.csv"
-            return glue(variant, jobs=glue_opts["jobs"], threads=threads, out_dir=out_dir, csv=csv,
-                        tasks=glue_opts["tasks"], seeds=glue_opts["seeds"], progress=not quiet, **a)
-        if any(v is not None for v in glue_opts.values()):
-            p.error(f"--full/--smoke/--paper/--jobs/--csv/--tasks/--seeds are options of `meo-run glue`, not of a run")
+            return makers[target](variant, jobs=table_opts["jobs"], threads=threads, out_dir=out_dir, csv=csv,
+                                  tasks=table_opts["tasks"], seeds=table_opts["seeds"], progress=not quiet, **a)
+        if any(v is not None for v in table_opts.values()):
+            p.error(f"--full/--smoke/--paper/--jobs/--csv/--tasks/--seeds are options of tables (`meo-run glue`, ...), "
+                    f"not of a run")
         if threads: torch.set_num_threads(threads)
         res = run(target, out_dir=out_dir, progress=not quiet, retrain=retrain, **a)
         print(res["path"])
