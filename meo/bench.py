@@ -217,7 +217,7 @@ def plot_layer(df, path=None):
     return fig
 
 def main(argv=None):
-    "python -m meo.bench [--quick] [--no-model] [--out results] [--device cpu] [--dtype float32] [--repeats 5]"
+    "python -m meo.bench [--quick] [--no-model] [--model-ks 1 4 16] [--no-model-memory] [--out results] [--device cpu] [--dtype float32] [--repeats 5]"
     import pandas as pd
     p = argparse.ArgumentParser(prog="python -m meo.bench", description=main.__doc__)
     p.add_argument("--out", default="results"); p.add_argument("--device", default="cpu")
@@ -225,6 +225,10 @@ def main(argv=None):
     p.add_argument("--repeats", type=int, default=5); p.add_argument("--quick", action="store_true")
     p.add_argument("--no-model", action="store_true"); p.add_argument("--tag", default="")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--model-ks", type=int, nargs="+", default=[1, 4, 16],
+                   help="k of the whole-model comparison")
+    p.add_argument("--model-memory", action=argparse.BooleanOptionalAction, default=True,
+                   help="measure the whole model's training memory")
     a = p.parse_args(argv)
     if a.threads: torch.set_num_threads(a.threads)
     out = Path(a.out); out.mkdir(parents=True, exist_ok=True)
@@ -234,6 +238,8 @@ def main(argv=None):
     print("machine:", lim, flush=True)
     layer = pd.DataFrame(bench_ffn(**shapes, repeats=a.repeats, dtype=dtype, device=a.device))
     suffix = f"_{a.tag}" if a.tag else ""
+    (out / f"bench_machine{suffix}.json").write_text(json.dumps({**lim, "torch": torch.__version__,   # before the long part
+        "command": "python -m meo.bench " + " ".join(argv if argv is not None else __import__("sys").argv[1:])}, indent=1))
     layer.to_csv(out / f"bench_layer{suffix}.csv", index=False)
     plot_layer(layer, out / f"bench_layer{suffix}.png")
     print(layer.pivot_table(index=["pass", "level", "method"], columns="k", values="ratio_to_dense", sort=False).round(2), flush=True)
@@ -243,11 +249,9 @@ def main(argv=None):
             from transformers import BertConfig
             cfg = BertConfig(vocab_size=100, hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=256)
         model = pd.DataFrame(bench_model(cfg, **({"batch": 4, "seq_len": 32} if a.quick else {}), device=a.device,
-                                         repeats=max(1, a.repeats // 2)))
+                                         ks=tuple(a.model_ks), repeats=max(1, a.repeats // 2), memory=a.model_memory))
         model.to_csv(out / f"bench_model{suffix}.csv", index=False)
         print(model[["level", "method", "k", "pass", "ms", "ratio_to_dense", "samples_per_s"] +
                     [c for c in ("saved_mb", "peak_mb") if c in model]].to_string(index=False), flush=True)
-    (out / f"bench_machine{suffix}.json").write_text(json.dumps({**lim, "torch": torch.__version__,
-        "command": "python -m meo.bench " + " ".join(argv if argv is not None else __import__("sys").argv[1:])}, indent=1))
 
 if __name__ == "__main__" and "get_ipython" not in globals(): main()   # the module run as a script, not the notebook
