@@ -14,8 +14,8 @@ from .layers import MoELinear, MEOLinear
 from .flops import linear_cost
 
 # %% auto #0
-__all__ = ['timeit', 'saved_bytes', 'peak_memory', 'FFN', 'ffn_macs', 'side_by_side', 'bench_ffn', 'bench_model',
-           'machine_limits', 'plot_layer', 'main']
+__all__ = ['timeit', 'saved_bytes', 'peak_memory', 'FFN', 'ffn_macs', 'side_by_side', 'bench_ffn', 'release_memory',
+           'bench_model', 'machine_limits', 'plot_layer', 'main']
 
 # %% ../nbs/06_bench.ipynb #0d1d859c
 def timeit(fn, repeats: int = 5, warmup: int = 1) -> list[float]:
@@ -34,7 +34,7 @@ def saved_bytes(fn, params=()) -> int:
     def pack(t):
         st = t.untyped_storage()
         if st.data_ptr() not in skip: seen[(st.data_ptr(), t.device)] = st.nbytes()
-        return t
+        return t.detach()   # not `t`: a saved output would hold its own grad_fn, a C++ cycle that leaks the whole graph
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t): fn()
     return sum(seen.values())
 
@@ -130,6 +130,15 @@ def bench_ffn(d: int = 768, d_ff: int = 3072, batch: int = 16, seq_len: int = 12
     return rows
 
 # %% ../nbs/06_bench.ipynb #32a072ac
+import ctypes, ctypes.util, gc
+
+def release_memory():
+    "Collect garbage and hand the C allocator's free memory back to the system (glibc's `malloc_trim`; a no-op elsewhere)."
+    gc.collect()
+    if torch.cuda.is_available(): torch.cuda.empty_cache()
+    try: ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError): pass
+
 def bench_model(config=None, batch: int = 16, seq_len: int = 128, n_experts: int = 16, ks=(1, 4, 16),
                 levels=("sequence",), methods=("moe", "meo"), passes=("forward", "train"), repeats: int = 3,
                 device: str = "cpu", memory: bool = True) -> list[dict]:
@@ -154,6 +163,7 @@ def bench_model(config=None, batch: int = 16, seq_len: int = 128, n_experts: int
         return fn
     dense = BertModel(config).to(dev)
     rows = []
+    models = fns = mod = shared = model = None
     for level in levels:
         for k in ks:
             models, shared = {"dense": (dense, {})}, None
@@ -185,7 +195,9 @@ def bench_model(config=None, batch: int = 16, seq_len: int = 128, n_experts: int
                         row["workspace_mb"] = round(_workspace_mb(mod), 1)
                         row["params_mb"] = round(sum(p.numel() * p.element_size() for p in mod.parameters()) / 2**20, 1)
                     rows.append(row)
-            del models
+            del models, fns, mod, shared, model                          # before the next k's models are built
+            models = fns = mod = shared = model = None
+            release_memory()
     return rows
 
 # %% ../nbs/06_bench.ipynb #d41d6097
@@ -217,13 +229,14 @@ def plot_layer(df, path=None):
     return fig
 
 def main(argv=None):
-    "python -m meo.bench [--quick] [--no-model] [--model-ks 1 4 16] [--no-model-memory] [--out results] [--device cpu] [--dtype float32] [--repeats 5]"
+    "python -m meo.bench [--quick] [--no-model] [--no-layer] [--model-ks 1 4 16] [--no-model-memory] [--out results] [--device cpu] [--dtype float32] [--repeats 5]"
     import pandas as pd
     p = argparse.ArgumentParser(prog="python -m meo.bench", description=main.__doc__)
     p.add_argument("--out", default="results"); p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     p.add_argument("--repeats", type=int, default=5); p.add_argument("--quick", action="store_true")
     p.add_argument("--no-model", action="store_true"); p.add_argument("--tag", default="")
+    p.add_argument("--no-layer", action="store_true", help="skip the FFN sweep (whole model only)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--model-ks", type=int, nargs="+", default=[1, 4, 16],
                    help="k of the whole-model comparison")
@@ -236,21 +249,31 @@ def main(argv=None):
     shapes = dict(d=64, d_ff=256, batch=4, seq_len=32) if a.quick else {}
     lim = machine_limits(a.device)
     print("machine:", lim, flush=True)
-    layer = pd.DataFrame(bench_ffn(**shapes, repeats=a.repeats, dtype=dtype, device=a.device))
     suffix = f"_{a.tag}" if a.tag else ""
-    (out / f"bench_machine{suffix}.json").write_text(json.dumps({**lim, "torch": torch.__version__,   # before the long part
-        "command": "python -m meo.bench " + " ".join(argv if argv is not None else __import__("sys").argv[1:])}, indent=1))
-    layer.to_csv(out / f"bench_layer{suffix}.csv", index=False)
-    plot_layer(layer, out / f"bench_layer{suffix}.png")
-    print(layer.pivot_table(index=["pass", "level", "method"], columns="k", values="ratio_to_dense", sort=False).round(2), flush=True)
+    info = {**lim, "torch": torch.__version__,
+            "command": "python -m meo.bench " + " ".join(argv if argv is not None else __import__("sys").argv[1:])}
+    mpath = out / f"bench_machine{suffix}.json"
+    if a.no_layer:                                                       # keep the FFN sweep's record, add this run's
+        old = json.loads(mpath.read_text()) if mpath.exists() else {}
+        mpath.write_text(json.dumps({**old, "model_run": info}, indent=1))
+    else:
+        mpath.write_text(json.dumps(info, indent=1))                     # before the long part
+        layer = pd.DataFrame(bench_ffn(**shapes, repeats=a.repeats, dtype=dtype, device=a.device))
+        layer.to_csv(out / f"bench_layer{suffix}.csv", index=False)
+        plot_layer(layer, out / f"bench_layer{suffix}.png")
+        print(layer.pivot_table(index=["pass", "level", "method"], columns="k", values="ratio_to_dense", sort=False).round(2), flush=True)
     if not a.no_model:
         cfg = None
         if a.quick:
             from transformers import BertConfig
             cfg = BertConfig(vocab_size=100, hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=256)
-        model = pd.DataFrame(bench_model(cfg, **({"batch": 4, "seq_len": 32} if a.quick else {}), device=a.device,
-                                         ks=tuple(a.model_ks), repeats=max(1, a.repeats // 2), memory=a.model_memory))
-        model.to_csv(out / f"bench_model{suffix}.csv", index=False)
+        rows = []
+        for k in a.model_ks:                                             # one k at a time, the CSV rewritten after each
+            rows += bench_model(cfg, **({"batch": 4, "seq_len": 32} if a.quick else {}), device=a.device,
+                                ks=(k,), repeats=max(1, a.repeats // 2), memory=a.model_memory)
+            model = pd.DataFrame(rows)
+            model.to_csv(out / f"bench_model{suffix}.csv", index=False)
+            release_memory()
         print(model[["level", "method", "k", "pass", "ms", "ratio_to_dense", "samples_per_s"] +
                     [c for c in ("saved_mb", "peak_mb") if c in model]].to_string(index=False), flush=True)
 
