@@ -229,7 +229,7 @@ def plot_layer(df, path=None):
     return fig
 
 def main(argv=None):
-    "python -m meo.bench [--quick] [--no-model] [--no-layer] [--model-ks 1 4 16] [--no-model-memory] [--out results] [--device cpu] [--dtype float32] [--repeats 5]"
+    "python -m meo.bench [--quick] [--no-model] [--no-layer] [--model-ks 1 4 16] [--model-levels sequence] [--keep-model-rows] [--no-model-memory] [--out results] [--device cpu] [--dtype float32] [--repeats 5]"
     import pandas as pd
     p = argparse.ArgumentParser(prog="python -m meo.bench", description=main.__doc__)
     p.add_argument("--out", default="results"); p.add_argument("--device", default="cpu")
@@ -242,6 +242,10 @@ def main(argv=None):
                    help="k of the whole-model comparison")
     p.add_argument("--model-memory", action=argparse.BooleanOptionalAction, default=True,
                    help="measure the whole model's training memory")
+    p.add_argument("--model-levels", nargs="+", default=["sequence"], choices=list(LEVELS),
+                   help="routing levels of the whole-model comparison")
+    p.add_argument("--keep-model-rows", action="store_true",
+                   help="keep the rows of an existing bench_model CSV for the (level, k) not run now")
     a = p.parse_args(argv)
     if a.threads: torch.set_num_threads(a.threads)
     out = Path(a.out); out.mkdir(parents=True, exist_ok=True)
@@ -267,13 +271,20 @@ def main(argv=None):
         if a.quick:
             from transformers import BertConfig
             cfg = BertConfig(vocab_size=100, hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=256)
+        mcsv = out / f"bench_model{suffix}.csv"
+        old = pd.read_csv(mcsv) if a.keep_model_rows and mcsv.exists() else None
         rows = []
-        for k in a.model_ks:                                             # one k at a time, the CSV rewritten after each
-            rows += bench_model(cfg, **({"batch": 4, "seq_len": 32} if a.quick else {}), device=a.device,
-                                ks=(k,), repeats=max(1, a.repeats // 2), memory=a.model_memory)
-            model = pd.DataFrame(rows)
-            model.to_csv(out / f"bench_model{suffix}.csv", index=False)
-            release_memory()
+        for level in a.model_levels:
+            for k in a.model_ks:                                         # one k at a time, the CSV rewritten after each
+                rows += bench_model(cfg, **({"batch": 4, "seq_len": 32} if a.quick else {}), device=a.device,
+                                    ks=(k,), levels=(level,), repeats=max(1, a.repeats // 2), memory=a.model_memory)
+                model = pd.DataFrame(rows)
+                if old is not None:
+                    done = set(zip(model.level, model.k))
+                    model = pd.concat([old[[(l, k_) not in done for l, k_ in zip(old.level, old.k)]], model],
+                                      ignore_index=True)
+                model.to_csv(mcsv, index=False)
+                release_memory()
         print(model[["level", "method", "k", "pass", "ms", "ratio_to_dense", "samples_per_s"] +
                     [c for c in ("saved_mb", "peak_mb") if c in model]].to_string(index=False), flush=True)
 
