@@ -163,7 +163,6 @@ def bench_model(config=None, batch: int = 16, seq_len: int = 128, n_experts: int
         return fn
     dense = BertModel(config).to(dev)
     rows = []
-    models = fns = mod = shared = model = None
     for level in levels:
         for k in ks:
             models, shared = {"dense": (dense, {})}, None
@@ -195,8 +194,7 @@ def bench_model(config=None, batch: int = 16, seq_len: int = 128, n_experts: int
                         row["workspace_mb"] = round(_workspace_mb(mod), 1)
                         row["params_mb"] = round(sum(p.numel() * p.element_size() for p in mod.parameters()) / 2**20, 1)
                     rows.append(row)
-            del models, fns, mod, shared, model                          # before the next k's models are built
-            models = fns = mod = shared = model = None
+            models = fns = mod = shared = model = None               # freed before the next k's models are built
             release_memory()
     return rows
 
