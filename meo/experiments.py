@@ -18,10 +18,10 @@ from .data import TASKS, task_info, load_task, minilm_path
 __all__ = ['MODELS', 'METRICS', 'TASK_TYPES', 'TASK_TYPE_MODULES', 'PROTOCOL', 'RUN_METHODS', 'CONFIGS', 'OPTIONAL_FIELDS',
            'GLUE_TASKS', 'PAPER_GLUE_TASKS', 'GLUE_SEEDS', 'GLUE_KS', 'SMOKE', 'GLUE_VARIANTS', 'GRID_AXES',
            'RESULT_COLUMNS', 'PAPER_ABSTRACT', 'LEVEL_COLORS', 'METHOD_NAMES', 'LOCAL_RESULTS', 'ModelSpec',
-           'model_spec', 'task_score', 'TaskType', 'register_task_type', 'task_type', 'SequenceTask', 'RunConfig',
-           'make_config', 'config_dict', 'config_hash', 'run_path', 'read_run', 'summary', 'run', 'apply_axes',
-           'glue_grid', 'default_jobs', 'run_grid', 'results_frame', 'glue_summary', 'glue_table', 'routing_frame',
-           'plot_vs_k', 'plot_usage', 'format_table', 'glue', 'tables', 'list_text', 'cli', 'main']
+           'model_spec', 'check_hub', 'task_score', 'TaskType', 'register_task_type', 'task_type', 'SequenceTask',
+           'RunConfig', 'make_config', 'config_dict', 'config_hash', 'run_path', 'read_run', 'summary', 'run',
+           'apply_axes', 'glue_grid', 'default_jobs', 'run_grid', 'results_frame', 'glue_summary', 'glue_table',
+           'routing_frame', 'plot_vs_k', 'plot_usage', 'format_table', 'glue', 'tables', 'list_text', 'cli', 'main']
 
 # %% ../nbs/08_experiments.ipynb #d0b51a35
 @dataclass(frozen=True)
@@ -82,22 +82,27 @@ def _hub_unreachable(timeout: float = 5.0) -> str | None:
     except Exception as e: return f"{C.ENDPOINT} cannot be reached from here ({getattr(e, 'reason', e)})"
     return None
 
+def _load_error(name: str, what: str, why: str) -> RuntimeError:
+    return RuntimeError(
+        f"could not load the {what} of model {name!r}: {why}. A hub id such as 'bert-base-uncased' (the paper "
+        f"configuration) needs access to huggingface.co or a Hugging Face cache that already holds it; otherwise "
+        f"pass a local save_pretrained folder, or use config='offline' (model 'minilm', no network needed).")
+
+def check_hub(name: str, what: str = "weights"):
+    "Raise at once if `name` is a hub id that is neither in the Hugging Face cache nor reachable (else do nothing)."
+    import huggingface_hub
+    if name in MODELS or Path(name).expanduser().is_dir(): return
+    if isinstance(huggingface_hub.try_to_load_from_cache(name, "config.json"), str): return
+    if (why := _hub_unreachable()) is not None:
+        raise _load_error(name, what, f"it is not in the Hugging Face cache and {why}")
+
 def _load(fn: Callable, name: str, what: str):
     "Call `fn` (a `from_pretrained`); turn a missing model or an unreachable hub into an error that says what to do."
-    import huggingface_hub
-    def fail(why, e=None):
-        raise RuntimeError(
-            f"could not load the {what} of model {name!r}: {why}. A hub id such as 'bert-base-uncased' (the paper "
-            f"configuration) needs access to huggingface.co or a Hugging Face cache that already holds it; otherwise "
-            f"pass a local save_pretrained folder, or use config='offline' (model 'minilm', no network needed).") from e
-    hub_id = name not in MODELS and not Path(name).expanduser().is_dir()
-    if hub_id and not isinstance(huggingface_hub.try_to_load_from_cache(name, "config.json"), str):
-        if (why := _hub_unreachable()) is not None: fail(f"it is not in the Hugging Face cache and {why}")
+    check_hub(name, what)
     try:
         with _quiet_transformers(): return fn()
     except OSError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        fail(first, e)
+        raise _load_error(name, what, str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__) from e
 
 # %% ../nbs/08_experiments.ipynb #16f94812
 def _corr(fn):
@@ -362,15 +367,16 @@ def _versions() -> dict:
 
 def _train_and_evaluate(cfg: RunConfig, progress: bool = True) -> dict:
     import datasets
-    from transformers import TrainingArguments, set_seed
-    from transformers.trainer_callback import PrinterCallback
-    from meo.convert import moefy
-    from meo.train import MEOTrainer
     t0 = time.perf_counter()
     info = task_info(cfg.task)
     tt, spec = task_type(info.kind), model_spec(cfg.model)
     limits = {s: n for s, n in (("train", cfg.max_examples), (cfg.eval_split, cfg.max_eval_examples)) if n is not None}
     dsd = load_task(cfg.task, max_examples=limits or None)
+    check_hub(cfg.model)                          # before the Trainer's slow import: an unreachable hub fails at once
+    from transformers import TrainingArguments, set_seed
+    from transformers.trainer_callback import PrinterCallback
+    from meo.convert import moefy
+    from meo.train import MEOTrainer
     if cfg.eval_split not in dsd: raise ValueError(f"task {cfg.task!r} has no split {cfg.eval_split!r}: it has {list(dsd)}")
     tok = tt.tokenizer(spec, cfg.model)
     bars = datasets.utils.are_progress_bars_disabled()
