@@ -51,7 +51,7 @@ def shard(model: nn.Module, mesh=None, blocks: list[nn.Module] | None = None, re
     return model
 
 # %% ../nbs/11_fsdp.ipynb #a353b439
-CASES = [(arch, method, level) for arch in ("bert", "gpt2") for method in ("moe", "meo") for level in ("sequence", "task")]
+CASES = [(arch, method, level) for arch in ("bert", "gpt2") for method in ("moe", "meo") for level in ("token", "sequence", "task")]
 
 def tiny_model(arch: str, method: str = "meo", level: str = "sequence", n_experts: int = 4, k: int = 2, seed: int = 0) -> nn.Module:
     "A tiny random BERT classifier (`arch='bert'`) or GPT-2 LM (`'gpt2'`) converted with `moefy`; no dropout, no router noise."
