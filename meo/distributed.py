@@ -133,10 +133,12 @@ def state_bytes(model: nn.Module, opt: torch.optim.Optimizer | None = None) -> d
 # %% ../nbs/11_fsdp.ipynb #42cc2d3c
 def _fsdp_on_cpu(trainer):
     "accelerate enables FSDP only for accelerator devices (MULTI_CPU stays DDP): switch its state to FSDP, with the Trainer's plugin."
+    from accelerate.state import PartialState
     from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
     state = trainer.accelerator.state
     if state.distributed_type == DistributedType.MULTI_CPU and trainer.args.fsdp_plugin_args is not None:
         state.distributed_type = DistributedType.FSDP
+        PartialState._shared_state["distributed_type"] = DistributedType.FSDP   # a later AcceleratorState() copies it
         state.fsdp_plugin = FullyShardedDataParallelPlugin(**trainer.args.fsdp_plugin_args)
         trainer.is_fsdp_enabled = True
 
@@ -162,6 +164,7 @@ def trainer_check(out: str, steps: int = 3, global_batch: int = 8):
         enabled_by_accelerate = trainer.is_fsdp_enabled
         if world > 1: _fsdp_on_cpu(trainer)
         trainer.train()
+        if world > 1: trainer.save_model(f"{out}/trainer-model")       # FSDP2: gathered, saved by process 0
     sharded = any(isinstance(p, DTensor) for p in trainer.model.parameters())
     state = get_model_state_dict(trainer.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True)) \
         if sharded else {k: v.clone() for k, v in trainer.model.state_dict().items()}
