@@ -4,7 +4,7 @@
 
 # %% ../nbs/11_fsdp.ipynb #2e7b6105
 from __future__ import annotations
-import argparse, json, os, resource, socket, subprocess, sys, tempfile
+import argparse, json, os, socket, subprocess, sys, tempfile
 from pathlib import Path
 import torch
 import torch.distributed as dist
@@ -195,6 +195,7 @@ def launch(nproc: int, *args: str, timeout: float = 900) -> subprocess.Completed
 def memory_worker(out: str, layers: int = 4, n_experts: int = 16, k: int = 4, batch: int = 2, seq: int = 128,
                   count_layers: int = 12):
     "Under torchrun: bytes per process of a BERT-base-wide MEO model, counted (`count_layers` layers, meta) and measured (`layers`, one AdamW step)."
+    import resource                                                              # Unix only: imported here
     from transformers import BertConfig, BertForSequenceClassification
     from torch.distributed.device_mesh import init_device_mesh
     if not dist.is_initialized(): dist.init_process_group("gloo")
