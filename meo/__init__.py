@@ -17,3 +17,6 @@ def __getattr__(name):  # the Trainer integration imports transformers.Trainer: 
         from meo.train import MEOTrainer
         return MEOTrainer
     raise AttributeError(f"module 'meo' has no attribute {name!r}")
+
+# %% ../nbs/index.ipynb #ea3ccbd2
+from .distributed import shard   # FSDP2: one unit per transformer block (nbs/11_fsdp)

@@ -284,20 +284,28 @@ def load_state(path) -> dict:
         return state
     raise FileNotFoundError(f"no model.safetensors (or index) in {path}: save with model.save_pretrained(dir)")
 
-def from_pretrained(cls, path, **config_kwargs) -> nn.Module:
-    "Load a converted model saved with `save_pretrained`: `meo.from_pretrained(BertForSequenceClassification, dir)`."
-    config = cls.config_class.from_pretrained(path, **config_kwargs)
+def from_pretrained(cls, path, dtype="auto", **config_kwargs) -> nn.Module:
+    "Load a converted model saved with `save_pretrained`: `meo.from_pretrained(AutoModelForSequenceClassification, dir)`."
+    # cls: a model class or an Auto class; dtype: 'auto' keeps the saved dtype (as transformers does), or a torch dtype
+    from transformers import AutoConfig
+    config = (getattr(cls, "config_class", None) or AutoConfig).from_pretrained(path, **config_kwargs)
     settings = getattr(config, "meo", None)
     if not settings:
         raise ValueError(f"{path} holds no meo settings (config.json has no 'meo' entry): load it with "
                          f"{cls.__name__}.from_pretrained and convert it with meo.moefy")
-    model = moefy(cls(config), MEOConfig.from_dict(settings))
-    missing, unexpected = model.load_state_dict(load_state(path), strict=False)
+    state = load_state(path)
+    dense = cls.from_config(config) if hasattr(cls, "from_config") else cls(config)       # Auto classes: from_config
+    model = moefy(dense.float(), MEOConfig.from_dict(settings))
+    missing, unexpected = model.load_state_dict(state, strict=False)
     tied = set(getattr(model, "all_tied_weights_keys", None) or getattr(model, "_tied_weights_keys", None) or [])
     if unexpected or set(missing) - tied:
         raise RuntimeError(f"checkpoint in {path} does not fit {cls.__name__}: missing {sorted(set(missing) - tied)}, "
                            f"unexpected {sorted(unexpected)}")
     if hasattr(model, "tie_weights"): model.tie_weights()
+    if dtype == "auto":                          # the config's dtype, else the first floating tensor's (transformers' rule)
+        dtype = getattr(config, "dtype", None) or next((t.dtype for t in state.values() if t.is_floating_point()), None)
+    if isinstance(dtype, str): dtype = getattr(torch, dtype)
+    if dtype is not None: model.to(dtype)
     return model.eval()
 
 # %% ../nbs/03_convert.ipynb #091b3ef1

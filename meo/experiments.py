@@ -4,7 +4,7 @@
 
 # %% ../nbs/08_experiments.ipynb #f22e4e81
 from __future__ import annotations
-import argparse, hashlib, importlib, json, math, os, re, sys, tempfile, time, warnings
+import argparse, hashlib, importlib, json, math, os, re, sys, tempfile, textwrap, time, warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, asdict, fields, replace
 from pathlib import Path
@@ -16,12 +16,12 @@ from .data import TASKS, task_info, load_task, minilm_path
 
 # %% auto #0
 __all__ = ['MODELS', 'METRICS', 'TASK_TYPES', 'TASK_TYPE_MODULES', 'PROTOCOL', 'RUN_METHODS', 'CONFIGS', 'OPTIONAL_FIELDS',
-           'GLUE_TASKS', 'PAPER_GLUE_TASKS', 'GLUE_SEEDS', 'GLUE_KS', 'SMOKE', 'GLUE_VARIANTS', 'RESULT_COLUMNS',
-           'PAPER_ABSTRACT', 'LEVEL_COLORS', 'METHOD_NAMES', 'ModelSpec', 'model_spec', 'task_score', 'TaskType',
-           'register_task_type', 'task_type', 'SequenceTask', 'RunConfig', 'make_config', 'config_dict', 'config_hash',
-           'run_path', 'read_run', 'summary', 'run', 'glue_grid', 'default_jobs', 'run_grid', 'results_frame',
-           'glue_summary', 'glue_table', 'routing_frame', 'plot_vs_k', 'plot_usage', 'format_table', 'glue', 'tables',
-           'list_text', 'cli', 'main']
+           'GLUE_TASKS', 'PAPER_GLUE_TASKS', 'GLUE_SEEDS', 'GLUE_KS', 'SMOKE', 'GLUE_VARIANTS', 'GRID_AXES',
+           'RESULT_COLUMNS', 'PAPER_ABSTRACT', 'LEVEL_COLORS', 'METHOD_NAMES', 'LOCAL_RESULTS', 'ModelSpec',
+           'model_spec', 'check_hub', 'task_score', 'TaskType', 'register_task_type', 'task_type', 'SequenceTask',
+           'RunConfig', 'make_config', 'config_dict', 'config_hash', 'run_path', 'read_run', 'summary', 'run',
+           'apply_axes', 'glue_grid', 'default_jobs', 'run_grid', 'results_frame', 'glue_summary', 'glue_table',
+           'routing_frame', 'plot_vs_k', 'plot_usage', 'format_table', 'glue', 'tables', 'list_text', 'cli', 'main']
 
 # %% ../nbs/08_experiments.ipynb #d0b51a35
 @dataclass(frozen=True)
@@ -73,19 +73,36 @@ def _quiet_transformers():
         hf_logging.set_verbosity(level)
         if bars: hf_logging.enable_progress_bar()
 
+def _hub_unreachable(timeout: float = 5.0) -> str | None:
+    "Why the Hugging Face hub can't be used from here, or None: one request without retries (transformers retries for ~50 s)."
+    import urllib.error, urllib.request, huggingface_hub.constants as C
+    if C.HF_HUB_OFFLINE: return "HF_HUB_OFFLINE is set here"
+    try: urllib.request.urlopen(urllib.request.Request(C.ENDPOINT, method="HEAD"), timeout=timeout)
+    except urllib.error.HTTPError: return None                                     # it answered
+    except Exception as e: return f"{C.ENDPOINT} cannot be reached from here ({getattr(e, 'reason', e)})"
+    return None
+
+def _load_error(name: str, what: str, why: str) -> RuntimeError:
+    return RuntimeError(
+        f"could not load the {what} of model {name!r}: {why}. A hub id such as 'bert-base-uncased' (the paper "
+        f"configuration) needs access to huggingface.co or a Hugging Face cache that already holds it; otherwise "
+        f"pass a local save_pretrained folder, or use config='offline' (model 'minilm', no network needed).")
+
+def check_hub(name: str, what: str = "weights"):
+    "Raise at once if `name` is a hub id that is neither in the Hugging Face cache nor reachable (else do nothing)."
+    import huggingface_hub
+    if name in MODELS or Path(name).expanduser().is_dir(): return
+    if isinstance(huggingface_hub.try_to_load_from_cache(name, "config.json"), str): return
+    if (why := _hub_unreachable()) is not None:
+        raise _load_error(name, what, f"it is not in the Hugging Face cache and {why}")
+
 def _load(fn: Callable, name: str, what: str):
     "Call `fn` (a `from_pretrained`); turn a missing model or an unreachable hub into an error that says what to do."
+    check_hub(name, what)
     try:
         with _quiet_transformers(): return fn()
     except OSError as e:
-        import huggingface_hub.constants
-        offline = bool(huggingface_hub.constants.HF_HUB_OFFLINE)
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise RuntimeError(
-            f"could not load the {what} of model {name!r}: {first}. A hub id such as 'bert-base-uncased' (the paper "
-            f"configuration) needs access to huggingface.co{' - HF_HUB_OFFLINE is set here' if offline else ''} - or "
-            f"a Hugging Face cache that already holds it; otherwise pass a local save_pretrained folder, or use "
-            f"config='offline' (model 'minilm', no network needed).") from e
+        raise _load_error(name, what, str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__) from e
 
 # %% ../nbs/08_experiments.ipynb #16f94812
 def _corr(fn):
@@ -350,15 +367,16 @@ def _versions() -> dict:
 
 def _train_and_evaluate(cfg: RunConfig, progress: bool = True) -> dict:
     import datasets
-    from transformers import TrainingArguments, set_seed
-    from transformers.trainer_callback import PrinterCallback
-    from meo.convert import moefy
-    from meo.train import MEOTrainer
     t0 = time.perf_counter()
     info = task_info(cfg.task)
     tt, spec = task_type(info.kind), model_spec(cfg.model)
     limits = {s: n for s, n in (("train", cfg.max_examples), (cfg.eval_split, cfg.max_eval_examples)) if n is not None}
     dsd = load_task(cfg.task, max_examples=limits or None)
+    check_hub(cfg.model)                          # before the Trainer's slow import: an unreachable hub fails at once
+    from transformers import TrainingArguments, set_seed
+    from transformers.trainer_callback import PrinterCallback
+    from meo.convert import moefy
+    from meo.train import MEOTrainer
     if cfg.eval_split not in dsd: raise ValueError(f"task {cfg.task!r} has no split {cfg.eval_split!r}: it has {list(dsd)}")
     tok = tt.tokenizer(spec, cfg.model)
     bars = datasets.utils.are_progress_bars_disabled()
@@ -487,12 +505,26 @@ GLUE_VARIANTS = {
                   runs=[dict(method="dense")] + _experts(METHODS, LEVELS, (4, 12))),
 }
 
+GRID_AXES = ("method", "level", "n_experts", "k")
+
+def apply_axes(runs: list[dict], settings: dict) -> tuple[list[dict], dict]:
+    "(`runs` of a table with the axis settings of `settings` (`GRID_AXES`) applied, the other settings)."
+    axes = {a: v for a, v in settings.items() if a in GRID_AXES}
+    out = []
+    for r in runs:
+        if r.get("method") == "dense": pass                 # the baseline: no experts to set
+        elif axes.get("method") == "dense": continue        # --method dense: the baseline alone
+        else: r = {**r, **axes}                             # every expert row takes the given values
+        if r not in out: out.append(r)
+    return out, {a: v for a, v in settings.items() if a not in GRID_AXES}
+
 def glue_grid(variant: str = "quick", tasks=None, seeds=None, **settings) -> list[dict]:
     "The runs (keyword arguments of `run`) of a GLUE-like table: variant 'quick', 'full', 'smoke' or 'paper'."
     v = GLUE_VARIANTS[check_choice("variant", variant, tuple(GLUE_VARIANTS))]
     tasks, seeds = tasks or v["tasks"], seeds or v["seeds"]
+    runs, settings = apply_axes(v["runs"], settings)
     base = {"config": v.get("config", "offline"), **v.get("settings", {}), **settings}
-    return [dict(task=t, seed=s, **r, **base) for s in seeds for t in tasks for r in v["runs"]]
+    return [dict(task=t, seed=s, **r, **base) for s in seeds for t in tasks for r in runs]
 
 # %% ../nbs/08_experiments.ipynb #68e292d8
 def _relative_cost(kw: dict) -> float:
@@ -728,7 +760,8 @@ def _none_or_int(s: str):
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="meo-run", description="Train and evaluate dense/MoE/MEO models: one run "
         "(meo-run TASK), a table (meo-run glue|wikitext|squad|xsum [--full]), or list what exists (meo-run list).",
-        epilog="Results: one JSON per run under --out-dir (resumable); the table's CSV under results/.")
+        epilog="Results: one JSON per run under --out-dir (resumable); a table's CSV and plots under results/local/ "
+               "(--csv elsewhere; the committed tables in results/ are rewritten only when --csv names them).")
     p.add_argument("target", help="a task name (see `meo-run list`), a table (glue, wikitext, squad, xsum) or 'list'")
     S = argparse.SUPPRESS
     g = p.add_argument_group("run settings (default: the preset's)")
@@ -766,7 +799,8 @@ def _parser() -> argparse.ArgumentParser:
     v.add_argument("--paper", dest="variant", action="store_const", const="paper",
                    help="the paper configuration (needs internet and a GPU)")
     t.add_argument("--jobs", type=int, default=None, help="worker processes (default: the cores, at most 8)")
-    t.add_argument("--csv", default=None, help="CSV to write (default: results/TABLE_offline[_VARIANT].csv)")
+    t.add_argument("--csv", default=None, help=f"CSV to write, plots beside it (default: {LOCAL_RESULTS}/"
+                                                "TABLE_offline[_VARIANT].csv)")
     t.add_argument("--tasks", nargs="+", default=None, help="a subset of the table's tasks")
     t.add_argument("--seeds", nargs="+", type=int, default=None, help="seeds instead of the variant's")
     o = p.add_argument_group("output")
@@ -777,6 +811,8 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 _TABLE_ONLY = ("variant", "jobs", "csv", "tasks", "seeds")
+LOCAL_RESULTS = "results/local"      # a user's tables (git-ignored); the committed ones only when --csv names them
+_EXPERT_OPTIONS = ("level", "n_experts", "k", "n_tasks")
 
 def tables() -> dict:
     "The tables `meo-run` makes: {name: function(variant, jobs=, threads=, out_dir=, csv=, tasks=, seeds=, progress=, **settings)}."
@@ -785,19 +821,20 @@ def tables() -> dict:
     tasks_mod = importlib.import_module("meo.tasks")
     return {"glue": glue, **{name: partial(tasks_mod.table, name) for name in tasks_mod.TABLES}}
 
-def list_text() -> str:
-    "What `meo-run list` prints: tasks, models, presets, tables."
+def list_text(width: int = 120) -> str:
+    "What `meo-run list` prints: tasks, models, presets, tables (lines wrapped at word boundaries to `width`)."
     _load_task_types()
+    wrap = lambda head, text: textwrap.wrap(text, width, initial_indent=head, subsequent_indent=" " * len(head))
     lines = ["tasks (offline ones need no internet):"]
     for name, info in TASKS.items():
         ok = "" if info.kind in TASK_TYPES else "   [no runner adapter]"
-        lines.append(f"  {name:<13} {info.config:<8} {info.kind:<20} {', '.join(info.metrics):<24} {info.description[:60]}{ok}")
-    lines += ["models:"] + [f"  {n:<13} {s.description}" for n, s in MODELS.items()]
+        lines += wrap(f"  {name:<13} {info.config:<8} {info.kind:<20} {', '.join(info.metrics):<24} ", info.description + ok)
+    lines += ["models:"] + [l for n, s in MODELS.items() for l in wrap(f"  {n:<13} ", s.description)]
     lines += ["  (or a save_pretrained folder, or a Hugging Face hub id such as bert-base-uncased)", "presets:"]
-    lines += [f"  {n:<8} " + ", ".join(f"{k}={v}" for k, v in c.items()) for n, c in CONFIGS.items()]
+    lines += [l for n, c in CONFIGS.items() for l in wrap(f"  {n:<8} ", ", ".join(f"{k}={v}" for k, v in c.items()))]
     for tt in dict.fromkeys(TASK_TYPES.values()):
         for n, c in tt.presets.items():
-            lines.append(f"  {n:<8} ({'/'.join(tt.kinds)}) " + ", ".join(f"{k}={v}" for k, v in c.items()))
+            lines += wrap(f"  {n:<8} ({'/'.join(tt.kinds)}) ", ", ".join(f"{k}={v}" for k, v in c.items()))
     lines += ["tables: " + ", ".join(tables()) + "  (meo-run TABLE [--full | --smoke | --paper])"]
     return "\n".join(lines)
 
@@ -808,13 +845,16 @@ def cli(argv=None):
     target, out_dir, threads, retrain, quiet, one = (a.pop(k) for k in ("target", "out_dir", "threads", "retrain", "quiet",
                                                                          "one"))
     table_opts = {k: a.pop(k, None) for k in _TABLE_ONLY}
+    if a.get("method") == "dense" and (extra := [o for o in _EXPERT_OPTIONS if o in a]):
+        p.error(f"{', '.join('--' + o.replace('_', '-') for o in extra)}: a dense run has no experts, so "
+                f"--method dense takes no expert settings")
     try:
         if target == "list": print(list_text()); return None
         makers = tables()
         if target in makers and not one:
             variant = table_opts["variant"] or "quick"
             if retrain: p.error("--retrain is for single runs; delete files under --out-dir to redo runs of a table")
-            csv = table_opts["csv"] or f"results/{target}_{'offline' if variant != 'paper' else 'paper'}" \
+            csv = table_opts["csv"] or f"{LOCAL_RESULTS}/{target}_{'offline' if variant != 'paper' else 'paper'}" \
                   f"{'' if variant in ('full', 'paper') else '_' + variant}.csv"
             return makers[target](variant, jobs=table_opts["jobs"], threads=threads, out_dir=out_dir, csv=csv,
                                   tasks=table_opts["tasks"], seeds=table_opts["seeds"], progress=not quiet, **a)

@@ -13,13 +13,15 @@ from .core import METHODS, LEVELS, check_choice, check_int
 from .layers import MERGE_MODES, merge_mode
 
 # %% auto #0
-__all__ = ['FLOP_METHODS', 'MODEL_COSTS', 'BERT_SIZES', 'BERT_KS', 'AUTHORS_SETTINGS', 'BREAKEVEN_VARIANTS', 'Cost',
-           'routing_groups', 'linear_cost', 'measure_flops', 'measure_ops', 'attention_cost', 'ffn_cost', 'bert_cost',
-           'gpt2_cost', 't5_cost', 'bart_cost', 'model_cost', 'bert_config', 'abstract_conventions', 'bert_flops_table',
-           'plot_bert', 'authors_config', 'models_flops_table', 'plot_models', 'breakeven_table', 'plot_breakeven',
-           'write_results', 'main']
+__all__ = ['MERGE_FLOPS', 'FLOP_METHODS', 'MODEL_COSTS', 'BERT_SIZES', 'BERT_KS', 'AUTHORS_SETTINGS', 'BREAKEVEN_VARIANTS',
+           'Cost', 'routing_groups', 'linear_cost', 'measure_flops', 'measure_ops', 'attention_cost', 'ffn_cost',
+           'bert_cost', 'gpt2_cost', 't5_cost', 'bart_cost', 'model_cost', 'bert_config', 'abstract_conventions',
+           'bert_flops_table', 'plot_bert', 'authors_config', 'models_flops_table', 'plot_models', 'breakeven_table',
+           'plot_breakeven', 'write_results', 'main']
 
 # %% ../nbs/05_flops.ipynb #10b9fc10
+MERGE_FLOPS = ("exact", "paper")   # the merge: 2 FLOPs per multiply-add like every product, or 1 as the paper's figure
+
 @dataclass(frozen=True)
 class Cost:
     "Multiply-adds of one forward pass, itemised by component; `flops` = 2 × `macs`."
@@ -45,6 +47,11 @@ class Cost:
     def counted_flops(self) -> int:
         "The FLOPs `FlopCounterMode` reports: 2 × the multiply-adds of the components it sees."
         return 2 * sum(v for c, v in self.items.items() if c not in self.unseen)
+
+    def flops_in(self, merge_flops: str = "exact") -> int:
+        "FLOPs with the merge's multiply-adds counted 2 each ('exact', = `flops`) or 1 each, as the paper's figure ('paper')."
+        check_choice("merge_flops", merge_flops, MERGE_FLOPS)
+        return self.flops - (self.part("merge") if merge_flops == "paper" else 0)
 
     def part(self, name: str) -> int:
         "Multiply-adds of the components whose last name part is `name` (e.g. 'merge', 'scores')."
@@ -250,13 +257,16 @@ def abstract_conventions(k: int = 4, n_experts: int = 16, seq_len: int = 128):
 BERT_KS = (1, 2, 4, 8, 16, 32)
 
 def bert_flops_table(sizes=tuple(BERT_SIZES), ks=BERT_KS, n_experts: int = 32, batch: int = 1, seq_len: int = 128,
-                     level: str = "sequence", head: str | None = "mlm", merge: str = "gather"):
-    "The paper's figure as a table: columns size, method, k, gflops (forward, per `batch` sequences)."
+                     level: str = "sequence", head: str | None = "mlm", merge: str = "gather", merge_flops=MERGE_FLOPS):
+    "The paper's figure as a table: columns size, method, k, gflops (forward, per `batch` sequences), convention (one block per `merge_flops`)."
     import pandas as pd
-    rows = [dict(size=s, method=m, k=k, gflops=round(bert_cost(bert_config(s), batch, seq_len, m, head, n_experts=n_experts,
-                                                               k=k, level=level, merge=merge).gflops, 4))
-            for s in sizes for m in METHODS for k in ks]
-    return pd.DataFrame(rows, columns=["size", "method", "k", "gflops"])
+    conventions = (merge_flops,) if isinstance(merge_flops, str) else tuple(merge_flops)
+    for c in conventions: check_choice("merge_flops", c, MERGE_FLOPS)
+    costs = {(s, m, k): bert_cost(bert_config(s), batch, seq_len, m, head, n_experts=n_experts, k=k, level=level, merge=merge)
+             for s in sizes for m in METHODS for k in ks}
+    rows = [dict(size=s, method=m, k=k, gflops=round(c.flops_in(conv) / 1e9, 4), convention=conv)
+            for conv in conventions for (s, m, k), c in costs.items()]
+    return pd.DataFrame(rows, columns=["size", "method", "k", "gflops", "convention"])
 
 def _figure(width, height, cols=1, rows=1):
     from matplotlib.figure import Figure
@@ -270,21 +280,41 @@ def _log_ticks(ax, axis, ticks):
     getattr(ax, f"set_{axis}ticks")(ticks, [f"{t:g}" for t in ticks]); ax.minorticks_off()
 
 def plot_bert(df, path=None):
-    "GFLOPs vs k (log-log), hue = size, style = method; the values as a table beside it. Returns the Figure."
+    "GFLOPs vs k (log-log), hue = size, style = method: the paper's convention, MEO's exact count dotted; a table beside. Returns the Figure."
     import seaborn as sns
-    fig, (ax, tab) = _figure(13, 4.6, 2)
-    sns.lineplot(df, x="k", y="gflops", hue="size", style="method", markers=True, dashes={"moe": (4, 2), "meo": ""}, ax=ax)
+    from matplotlib.lines import Line2D
+    fig, (ax, tab) = _figure(13, 4.8, 2)
+    sizes = list(dict.fromkeys(df["size"]))
+    colors = dict(zip(sizes, sns.color_palette(n_colors=len(sizes))))
+    both = "convention" in df and {"paper", "exact"} <= set(df.convention)
+    main = df[df.convention == "paper"] if both else df
+    sns.lineplot(main, x="k", y="gflops", hue="size", palette=colors, style="method", markers=True,
+                 dashes={"moe": (4, 2), "meo": ""}, ax=ax)
     ax.set(xscale="log", yscale="log", xlabel="selected experts k", ylabel="GFLOPs (forward, 128 tokens)",
-           title="BERT: vanilla MoE vs MEO")
+           title="BERT: vanilla MoE vs MEO" + (" (merge counted as in the paper: k FLOPs per merged weight)" if both else ""))
+    ax.title.set_fontsize(10)
     _log_ticks(ax, "x", sorted(df.k.unique()))
-    wide = df.pivot_table(index=["size", "method"], columns="k", values="gflops", sort=False)
+    wide = main.pivot_table(index=["size", "method"], columns="k", values="gflops", sort=False)
+    cells, labels = [r.values for _, r in wide.iterrows()], [f"{s} {m}" for s, m in wide.index]
+    if both:
+        exact = df[(df.convention == "exact") & (df.method == "meo")]
+        for s, d in exact.groupby("size", sort=False): ax.plot(d.k, d.gflops, color=colors[s], lw=1.2, ls=":")
+        leg = ax.get_legend()
+        handles = list(leg.legend_handles) + [Line2D([], [], color="grey", lw=1.2, ls=":")]
+        ax.legend(handles, [t.get_text() for t in leg.get_texts()] + ["meo, exact count\n(2k FLOPs per merged weight)"], fontsize=8)
+        ex = exact.pivot_table(index="size", columns="k", values="gflops", sort=False)
+        cells, labels = [], []
+        for (s, m), r in wide.iterrows():
+            cells.append(r.values); labels.append(f"{s} {m}" + (" (paper)" if m == "meo" else ""))
+            if m == "meo": cells.append(ex.loc[s].values); labels.append(f"{s} meo (exact)")
     tab.axis("off")
-    t = tab.table(cellText=[[f"{v:.1f}" for v in r] for r in wide.values], rowLabels=[f"{s} {m}" for s, m in wide.index],
+    t = tab.table(cellText=[[f"{v:.1f}" for v in r] for r in cells], rowLabels=labels,
                   colLabels=[f"k={k}" for k in wide.columns], loc="center")
-    t.auto_set_font_size(False); t.set_fontsize(9); t.scale(1, 1.4)
-    tab.set_title("GFLOPs")
+    t.auto_set_font_size(False); t.set_fontsize(9); t.scale(1, 1.3)
+    tab.set_title("GFLOPs" + (": MEO's merge as the paper counts it, and exactly" if both else ""))
     if path is not None: fig.savefig(path, dpi=110)
     return fig
+
 
 # %% ../nbs/05_flops.ipynb #80b0b989
 AUTHORS_SETTINGS = {

@@ -13,7 +13,7 @@ from .core import METHODS, LEVELS, check_choice
 from .data import task_info, load_task, minilm_path, gpt2_tokenizer_path
 from .convert import moefy, set_task_ids
 from .experiments import (TaskType, ModelSpec, MODELS, make_config, model_spec, task_type, run, run_grid,
-                             results_frame, config_hash, _order, _quiet_transformers, LEVEL_COLORS, METHOD_NAMES)
+                             results_frame, config_hash, apply_axes, _order, _quiet_transformers, LEVEL_COLORS, METHOD_NAMES)
 
 # %% auto #0
 __all__ = ['ROUGE_TYPES', 'GPT2_MINI', 'MODEL_SPECS', 'GENERATION_PROBE', 'ADAPTERS', 'TABLE_SEEDS', 'TABLE_VARIANTS', 'TABLES',
@@ -437,9 +437,10 @@ def table_grid(name: str, variant: str = "quick", seeds=None, **settings) -> lis
     expert += [dict(method=m, level="token", k=k, n_experts=t.n_experts) for k in (ks if variant != "smoke" else (t.k,))
                for m in METHODS]
     seeds = seeds or (TABLE_SEEDS if variant == "full" else (42,))
+    runs, settings = apply_axes([dict(method="dense")] + expert, settings)
     base = dict(task=t.paper_task if variant == "paper" else t.task, config="paper" if variant == "paper" else "offline",
                 **(t.smoke if variant == "smoke" else {}), **settings)
-    return [dict(seed=s, **r, **base) for s in seeds for r in [dict(method="dense")] + expert]
+    return [dict(seed=s, **r, **base) for s in seeds for r in runs]
 
 # %% ../nbs/09_tasks.ipynb #0ee949b1
 SPEED_COLUMNS = ["task", "method", "level", "n_experts", "k", "seed", "train_samples_per_s", "eval_samples_per_s",

@@ -1,0 +1,135 @@
+"""Show the committed results in the notebooks' markdown, so that a reader sees them without running anything.
+
+The notebooks are committed clean (`nbdev_clean` strips every output), so a table or a figure that only a code
+cell shows is invisible on GitHub or in JupyterLab until the notebook is run. Markdown survives the cleaning:
+
+- figures: each notebook's markdown shows `results/*.png` with `![...](../../results/NAME.png)`;
+- tables: a markdown cell holds a block `<!-- results: KEY -->` ... `<!-- /results -->`, which this script fills
+  from the committed CSV of `results/`, through the same `meo` function the notebook calls on it (`TABLES` below).
+
+    python .ci/results_md.py             # rewrite every block from results/
+    python .ci/results_md.py --check     # exit 1 if a block is not what results/ gives, or a figure is not shown
+    python .ci/results_md.py --print KEY # print one block
+"""
+import json, math, re, sys
+from pathlib import Path
+
+root = Path(__file__).resolve().parent.parent
+R = root / "results"
+BLOCK = re.compile(r"(<!-- results: (?P<key>[\w-]+) -->\n)(?P<body>.*?)(<!-- /results -->)", re.S)
+
+def md_table(df, index: bool = True) -> str:
+    "A DataFrame as a GitHub markdown table: index columns left-aligned, the others right-aligned."
+    n_index = df.index.nlevels if index else 0
+    if index: df = df.reset_index()
+    def cell(v):
+        if v is None or (isinstance(v, float) and math.isnan(v)): return ""
+        return (f"{v:g}" if isinstance(v, float) else str(v)).replace("|", "\\|")
+    cols = [str(c) for c in df.columns]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join(":---" if i < n_index else "---:" for i in range(len(cols))) + "|"]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in df.itertuples(index=False)]
+    return "\n".join(lines)
+
+def _csv(name):
+    import pandas as pd
+    return pd.read_csv(R / name)
+
+def _glue():
+    import meo.experiments as E
+    return E.glue_table(_csv("glue_offline.csv"))
+
+def _task(name):
+    import meo.tasks as T
+    return T.table_text(*T.table_stats(_csv(f"{name}_offline.csv"), _csv(f"{name}_offline_speed.csv")), digits=1)
+
+def _flops_bert():
+    import pandas as pd
+    bert = _csv("flops_bert.csv")
+    wide = bert.pivot_table(index=["size", "method", "convention"], columns="k", values="gflops", sort=False)
+    rows = [(s, m, c) for s in dict.fromkeys(bert["size"]) for m, c in (("moe", "paper"), ("meo", "paper"), ("meo", "exact"))]
+    out = wide.loc[rows].map(lambda v: f"{v:.2f}")                          # the MoE once: the same in both conventions
+    out.index = pd.MultiIndex.from_tuples([(s, "moe" if m == "moe" else f"meo ({c})") for s, m, c in rows], names=["size", "method"])
+    return out
+
+def _flops_models():
+    models = _csv("flops_models.csv")
+    at = models[models.authors_k].pivot_table(index=["model", "level", "n_experts", "k"], columns="method", values="gflops", sort=False)
+    at["dense"] = models.groupby("model", sort=False).dense_gflops.first().reindex(at.index.get_level_values(0)).to_numpy()
+    at["moe / meo"] = at.moe / at.meo
+    return at[["dense", "moe", "meo", "moe / meo"]].map(lambda v: f"{v:.2f}")
+
+def _bench_layer():
+    layer = _csv("bench_layer.csv")
+    return layer.pivot_table(index=["pass", "level", "method"], columns="k", values="ratio_to_dense", sort=False).map(lambda v: f"{v:.2f}")
+
+def _bench_model():
+    model = _csv("bench_model.csv").sort_values(["k", "pass"], kind="stable", ignore_index=True)
+    fmt = dict(ms="{:,.0f}", ratio_to_dense="{:.2f}", samples_per_s="{:.2f}", saved_mb="{:,.0f}", peak_mb="{:,.0f}", params_mb="{:,.0f}")
+    out = model[["method", "k", "pass", *fmt]].set_index(["method", "k", "pass"]).astype(object)
+    for c, f in fmt.items(): out[c] = ["–" if v != v else f.format(v) for v in model[c]]
+    return out
+
+# key: (what made the CSV, how the table is computed, the function)
+TABLES = {
+    "glue": ("`results/glue_offline.csv`, made by `meo-run glue --full`", "`meo.experiments.glue_table`", _glue),
+    "wikitext": ("`results/wikitext_offline.csv` and `wikitext_offline_speed.csv`, made by `meo-run wikitext --full`",
+                 "`meo.tasks.table_stats` → `table_text`", lambda: _task("wikitext")),
+    "squad": ("`results/squad_offline.csv` and `squad_offline_speed.csv`, made by `meo-run squad --full`",
+              "`meo.tasks.table_stats` → `table_text`", lambda: _task("squad")),
+    "xsum": ("`results/xsum_offline.csv` and `xsum_offline_speed.csv`, made by `meo-run xsum --full`",
+             "`meo.tasks.table_stats` → `table_text`", lambda: _task("xsum")),
+    "flops-bert": ("`results/flops_bert.csv`, made by `python -m meo.flops results`",
+                   "GFLOPs; MEO's merge counted as the paper's figure (`paper`) and exactly (`exact`); the MoE merges nothing", _flops_bert),
+    "flops-abstract": ("`results/flops_abstract.csv`, made by `python -m meo.flops results`",
+                       "BERT-base, 128 tokens, $k = 4$, $n = 16$: GFLOPs under each candidate convention (`meo.flops.abstract_conventions`)",
+                       lambda: _csv("flops_abstract.csv").set_index("convention").map(lambda v: f"{v:.2f}")),
+    "flops-models": ("`results/flops_models.csv`, made by `python -m meo.flops results`", "GFLOPs at the authors' $k$", _flops_models),
+    "bench-layer": ("`results/bench_layer.csv`, made by `python -m meo.bench` (the command: `results/bench_machine.json`)",
+                    "time relative to the dense block", _bench_layer),
+    "bench-model": ("`results/bench_model.csv`, made by `python -m meo.bench --model-ks ...` (below)",
+                    "whole BERT-base, batch 16, 128 tokens", _bench_model),
+}
+
+def block(key: str) -> str:
+    made, how, fn = TABLES[key]
+    return f"\n*From {made}; {how}; written here by `python .ci/results_md.py`.*\n\n{md_table(fn())}\n\n"
+
+def notebooks():
+    return sorted(p for p in (root / "nbs").rglob("*.ipynb") if not {".ipynb_checkpoints", "_proc"} & set(p.parts))
+
+def update(check: bool) -> list:
+    "Rewrite (or, `check`, compare) every results block; return the problems found."
+    problems, seen, shown = [], set(), set()
+    for path in notebooks():
+        nb, changed = json.loads(path.read_text()), False
+        for c in nb["cells"]:
+            if c["cell_type"] != "markdown": continue
+            src = "".join(c["source"])
+            for m in re.finditer(r"!\[[^\]]*\]\(([^)\s]+\.png)\)", src):
+                base = root if path == root / "nbs" / "index.ipynb" else path.parent   # index.ipynb renders to ./README.md
+                img = (base / m.group(1)).resolve()
+                if not img.exists(): problems.append(f"{path.relative_to(root)}: shows {m.group(1)}, which does not exist")
+                shown.add(img)
+            def fill(m):
+                key = m.group("key")
+                if key not in TABLES: problems.append(f"{path.relative_to(root)}: unknown results block {key!r}"); return m.group(0)
+                seen.add(key)
+                return m.group(1) + block(key) + m.group(4)
+            new = BLOCK.sub(fill, src)
+            if new != src:
+                if check: problems.append(f"{path.relative_to(root)}: a results block is out of date")
+                else: c["source"] = [l + "\n" for l in new.split("\n")[:-1]] + ([new.split("\n")[-1]] if new.split("\n")[-1] else []); changed = True
+        if changed:
+            path.write_text(json.dumps(nb, indent=1, ensure_ascii=False) + "\n")
+            print(f"wrote {path.relative_to(root)}")
+    problems += [f"no notebook has a results block {k!r}" for k in TABLES if k not in seen]
+    problems += [f"results/{p.name} is shown in no notebook's markdown" for p in sorted(R.glob("*.png")) if p.resolve() not in shown]
+    return problems
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(root))
+    if "--print" in sys.argv: print(block(sys.argv[sys.argv.index("--print") + 1])); sys.exit()
+    problems = update(check="--check" in sys.argv)
+    if problems:
+        sys.exit("\n".join(problems) + ("\nrun `python .ci/results_md.py` and commit the notebooks" if "--check" in sys.argv else ""))
+    if "--check" in sys.argv: print("the notebooks show the committed results")
