@@ -191,6 +191,7 @@ class ExpertLinear(nn.Module):
 
     def _experts(self, dt: torch.dtype):
         "Expert weights and biases in dtype `dt` (a differentiable cast under autocast; the parameters themselves otherwise)."
+        if dt == self.weight.dtype: return self.weight, self.bias
         return self.weight.to(dt), None if self.bias is None else self.bias.to(dt)
 
     def _route(self, h: Tensor, mask, task_ids, pooled, state, call: CallContext | None) -> Routing:
@@ -218,7 +219,7 @@ class MoELinear(ExpertLinear):
         dt = self._compute_dtype(h)
         W, b = self._experts(dt)
         with autocast_off(h.device.type):                               # one dtype inside: autocast's, or the experts'
-            y = moe_experts(h.reshape(B * L, I).to(dt), W, b, index, gate)
+            y = moe_experts(h.reshape(B * L, I) if h.dtype == dt else h.reshape(B * L, I).to(dt), W, b, index, gate)
         return self._output(y.view(B, L, self.out_features), x)
 
 # %% ../nbs/02_layers.ipynb #0b87af0f
@@ -241,7 +242,7 @@ class MEOLinear(ExpertLinear):
         r = self._route(h, mask, task_ids, pooled, state, call)
         if self.token_attn is not None: h = self.token_attn(h)
         dt = self._compute_dtype(h)
-        h = h.to(dt)
+        if h.dtype != dt: h = h.to(dt)
         store = None if call is None else self.context.merged_store(call, self)
         y = self._decode(h, r, store) if store is not None else None
         if y is not None: return self._output(y, x)

@@ -289,13 +289,14 @@ class Router(nn.Module):
         B, L, _ = x.shape
         mask = check_mask(mask, B, L)
         dev = x.device
-        real = mask.float() if mask is not None else torch.ones(B, L, device=dev)    # (B, L)
+        real = mask.float() if mask is not None else None                           # (B, L) 1 = real token
+        per_row = real.sum(1) if real is not None else x.new_full((B,), float(L), dtype=torch.float32)   # (B,) real tokens
         rows = torch.arange(B, device=dev)
         if pooled is not None and self.level == "sequence":
             if tuple(pooled.shape) != (B, self.in_features):
                 raise ValueError(f"pooled has shape {tuple(pooled.shape)}: expected (batch={B}, {self.in_features})")
             index, gates, aux = self.gate(pooled, x.new_ones(B, dtype=torch.float32))
-            groups = Groups(rows[:, None].expand(B, L), real.sum(1), row=rows)
+            groups = Groups(rows[:, None].expand(B, L), per_row, row=rows)
             return Routing(index, gates, None, aux, self.level, groups=groups)
         if self.level == "sequence" and self.segment_len:
             inputs, first, layout, new_state = causal_segments(x, mask, self.segment_len, state)
@@ -306,16 +307,16 @@ class Router(nn.Module):
         group = None
         if self.level == "token":
             u = x.reshape(B * L, x.shape[-1])
-            row_weight = real.reshape(-1)
+            row_weight = real.reshape(-1) if real is not None else x.new_ones(B * L, dtype=torch.float32)
             groups = Groups(torch.arange(B * L, device=dev).view(B, L), row_weight)
         elif self.level == "sequence":
             u, row_weight = masked_mean(x, mask), x.new_ones(B, dtype=torch.float32)
-            groups = Groups(rows[:, None].expand(B, L), real.sum(1), row=rows)
+            groups = Groups(rows[:, None].expand(B, L), per_row, row=rows)
         else:
             t = check_task_ids(task_ids, B, self.n_tasks, x.device)
             tasks, group = torch.unique(t, return_inverse=True)                 # G distinct tasks
             u, row_weight = self.task_embed[tasks], torch.bincount(group, minlength=len(tasks)).float()
-            n_real = real.new_zeros(len(tasks)).index_add_(0, group, real.sum(1))
+            n_real = per_row.new_zeros(len(tasks)).index_add_(0, group, per_row)
             groups = Groups(group[:, None].expand(B, L), n_real, row=group)
         index, gates, aux = self.gate(u, row_weight)
         return Routing(index, gates, group, aux, self.level, groups=groups)
