@@ -72,7 +72,7 @@ class FFN(nn.Module):
 
 def _workspace_mb(module) -> float:
     "Size of this thread's MEO merge workspace after `module` ran (0 if it has no MEO layer)."
-    import meo.layers as L
+    import meo.kernels as L
     if not any(isinstance(m, MEOLinear) for m in module.modules()): return 0.
     return sum(b.numel() * b.element_size() for b in getattr(L._ws, "bufs", {}).values()) / 2**20
 

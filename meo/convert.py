@@ -5,16 +5,18 @@
 # %% ../nbs/03_convert.ipynb #6e647533
 from __future__ import annotations
 import inspect, json, re
+from dataclasses import replace
 from pathlib import Path
+from types import MappingProxyType
 import torch
 from torch import nn, Tensor
 from .core import MEOConfig
-from .routing import masked_mean, SegmentState
+from .routing import masked_mean, SegmentState, CallContext, call_scope, current_call, check_task_ids, _CALL, _show
 from .layers import ExpertLinear, MoELinear, MEOLinear, merge_experts
 
 # %% auto #0
 __all__ = ['FFN_PATTERNS', 'dense_params', 'find_ffn', 'ModelContext', 'StackContext', 'stack_mode', 'moefy', 'aux_loss',
-           'set_task_ids', 'expert_usage', 'load_state', 'from_pretrained', 'to_dense']
+           'set_task_ids', 'set_aux_scale', 'expert_usage', 'load_state', 'from_pretrained', 'to_dense']
 
 # %% ../nbs/03_convert.ipynb #a1a66736
 from transformers.pytorch_utils import Conv1D
@@ -36,11 +38,30 @@ def dense_params(module: nn.Module) -> tuple[Tensor, Tensor | None]:
     if isinstance(module, nn.Linear): return module.weight, module.bias
     raise ValueError(f"cannot convert {type(module).__name__}: expected nn.Linear or transformers Conv1D")
 
+def _convertible(mod) -> bool: return isinstance(mod, (nn.Linear, Conv1D))
+
+def _check_targets(model: nn.Module, targets: list[str]) -> None:
+    "Every entry of `targets` must match at least one module, and every module it matches must be convertible."
+    named = [(n, m) for n, m in model.named_modules() if n]
+    for t in targets:
+        hits = [(n, m) for n, m in named if n == t or re.search(t, n)]
+        if not hits:
+            raise ValueError(f"targets entry {t!r} matches no module of {type(model).__name__}: pass module names "
+                             "(as in model.named_modules()) or regular expressions matching them")
+        linear = [n for n, m in hits if _convertible(m)]
+        other = [(n, m) for n, m in hits if not _convertible(m) and not any(l.startswith(n + ".") for l in linear)]
+        if other:                                                    # containers of a matched Linear are fine
+            n, m = other[0]
+            raise ValueError(f"targets entry {t!r} matches {type(m).__name__} {n!r}"
+                             f"{f' (and {len(other) - 1} more)' if len(other) > 1 else ''}: only nn.Linear and "
+                             "transformers Conv1D modules can be converted; make the pattern match those alone")
+
 def find_ffn(model: nn.Module, targets: list[str] | None = None) -> list[str]:
     "Names of the feed-forward projections of `model` (or of the modules matching `targets`)."
+    if targets: _check_targets(model, targets)
     found = []
     for name, mod in model.named_modules():
-        if not isinstance(mod, (nn.Linear, Conv1D)): continue
+        if not _convertible(mod): continue
         if targets: hit = any(name == t or re.search(t, name) for t in targets)
         else: hit = any(re.search(p, "." + name) for ps in FFN_PATTERNS.values() for p in ps)
         if hit: found.append(name)
@@ -53,94 +74,122 @@ def find_ffn(model: nn.Module, targets: list[str] | None = None) -> list[str]:
 
 # %% ../nbs/03_convert.ipynb #39065f69
 class ModelContext:
-    "Task ids of a converted model's current call (or the defaults set by `set_task_ids`)."
-    def __init__(self): self.call_task_ids, self.default_task_ids = None, None
+    "Settings of a converted model's calls: default task ids (`set_task_ids`), the number of tasks, the aux-loss weight."
+    def __init__(self, n_tasks: int | None = None):
+        self.default_task_ids, self.n_tasks, self.aux_scale = None, n_tasks, 1.0
 
-    def task_ids(self, B: int) -> Tensor | None:
-        ids = self.call_task_ids if self.call_task_ids is not None else self.default_task_ids
+    def task_ids(self, call: CallContext | None, B: int) -> Tensor | None:
+        "Task ids for `B` examples: the model call's (exactly B), else the defaults (repeated only by an exact multiple)."
+        mc = call.find(self) if call is not None else None
+        if mc is not None and mc.task_ids is not None:
+            ids = mc.task_ids
+            if ids.dim() == 1 and len(ids) != B:
+                raise ValueError(f"task_ids={_show(ids)} has shape {tuple(ids.shape)}: expected (batch={B},), one task "
+                                 "per example")
+            return ids
+        ids = self.default_task_ids
         if ids is None: return None
         ids = torch.as_tensor(ids)
-        if ids.dim() == 1 and 0 < len(ids) < B and B % len(ids) == 0:   # generate() expands the batch (beams, samples)
+        if ids.dim() == 1 and 0 < len(ids) != B:                      # generate() expands a batch (beams, samples)
+            if B % len(ids):
+                raise ValueError(f"the default task_ids={_show(ids)} (set_task_ids) hold {len(ids)} ids: {B} examples "
+                                 f"are not an exact multiple of them")
             ids = ids.repeat_interleave(B // len(ids))
         return ids
 
 class StackContext:
-    "What the layers of one stack (encoder, decoder, ...) need from the stack's current call."
+    "Settings of one stack (encoder, decoder, ...); what a layer needs from the stack's running call it reads from its `CallContext`."
     def __init__(self, model_ctx: ModelContext, name: str, mode: str):
         self.model, self.name, self.mode = model_ctx, name, mode
-        self.mask = self.pooled = self.cache = self.shape = None
-        self.past, self.states, self.new_states = 0, {}, {}
 
     def __repr__(self): return f"StackContext({self.name!r}, mode={self.mode!r})"
 
-    def __getstate__(self):   # copies and pickles keep the settings, not the tensors of the last call
-        return {**self.__dict__, "mask": None, "pooled": None, "cache": None, "shape": None, "past": 0, "states": {},
-                "new_states": {}}
+    def current(self) -> CallContext | None:
+        "The context of this stack's running call in this thread (None when the stack is not running)."
+        return current_call(self)
 
-    def inputs(self, layer, x, mask, task_ids, pooled, state):
+    def inputs(self, layer, call: CallContext | None, x, mask, task_ids, pooled, state):
+        "The routing inputs the caller did not pass, from the running call (read only)."
         B, T = x.shape[:2]
-        if mask is None and self.mask is not None:
-            if self.mask.shape[0] != B or self.mask.shape[1] < T:
-                raise ValueError(f"attention_mask of shape {tuple(self.mask.shape)} does not fit the {B}x{T} tokens "
+        if call is not None and mask is None and call.mask is not None:
+            if call.mask.shape[0] != B or call.mask.shape[1] < T:
+                raise ValueError(f"attention_mask of shape {tuple(call.mask.shape)} does not fit the {B}x{T} tokens "
                                  f"reaching {layer._meo_name}")
-            mask = self.mask[:, -T:]
+            mask = call.mask[:, -T:]
         r = layer.router
         if r.level == "task" and task_ids is None:
-            task_ids = self.model.task_ids(B)
+            task_ids = self.model.task_ids(call if call is not None else current_call(), B)
             if task_ids is None:
                 raise ValueError("task-level routing needs task ids: call the model with task_ids=... (one integer per "
                                  "example) or set them with meo.set_task_ids(model, task_ids)")
         if r.level == "sequence" and self.mode == "cross" and pooled is None:
-            if self.pooled is None:
+            if call is None or call.pooled is None:
                 raise ValueError(f"{layer._meo_name} routes on the encoder output, but its decoder was called without "
                                  "encoder_hidden_states")
-            pooled = self.pooled
-        if r.level == "sequence" and r.segment_len and state is None and self.past:
-            state = self.states.get(layer._meo_name)
+            pooled = call.pooled
+        if r.level == "sequence" and r.segment_len and state is None and call is not None and call.past:
+            state = call.states.get(layer._meo_name) if call.states else None
             if state is None:
-                raise RuntimeError(f"the cache holds {self.past} past tokens but no routing state for {layer._meo_name}: "
+                raise RuntimeError(f"the cache holds {call.past} past tokens but no routing state for {layer._meo_name}: "
                                    "continue only from a cache produced by this converted model")
         return mask, task_ids, pooled, state
 
-    def save_state(self, layer, state: SegmentState): self.new_states[layer._meo_name] = state
+    def save_state(self, call: CallContext, layer, state: SegmentState):
+        "Collect a layer's prefix sums in its call's own output dict (attached to the cache when the stack returns)."
+        call.new_states[layer._meo_name] = state
 
-    def merged_store(self, layer) -> dict | None:
-        "Where MEO layers keep merged weights between decoding steps: on the generation cache (no autograd only)."
-        if torch.is_grad_enabled() or self.cache is None: return None
-        store = getattr(self.cache, "_meo_merged", None)
-        if store is None: store = self.cache._meo_merged = {}
+    def merged_store(self, call: CallContext, layer) -> dict | None:
+        "Where MEO layers keep merged weights between decoding steps: on the generation cache (evaluation without autograd)."
+        if torch.is_grad_enabled() or call.cache is None or layer.training: return None
+        store = getattr(call.cache, "_meo_merged", None)
+        if store is None: store = call.cache._meo_merged = {}
         return store
 
 # %% ../nbs/03_convert.ipynb #637468c8
 _CACHE_NAMES = ("cache", "past_key_values")
+_BATCH_NAMES = ("input_ids", "inputs_embeds", "decoder_input_ids", "decoder_inputs_embeds")
 
 def _call_arguments(module: nn.Module, args, kwargs) -> dict:
     bound = inspect.signature(module.forward).bind_partial(*args, **kwargs).arguments
     extra = {k: v for k, v in bound.items() if isinstance(v, dict) and k == "kwargs"}
     return {**{k: v for k, v in bound.items() if k != "kwargs"}, **extra.get("kwargs", {})}
 
+def _pop(owner, output=None):
+    "Restore the context enclosing `owner`'s running call."
+    c = _CALL.get()
+    if c is not None and c.owner is owner: _CALL.set(c.parent)
+
 def _stack_pre_hook(module, args, kwargs):
-    ctx = module._meo_stack
+    st = module._meo_stack
     a = _call_arguments(module, args, kwargs)
     mask = a.get("attention_mask")
-    ctx.mask = mask if isinstance(mask, Tensor) and mask.dim() == 2 else None
+    mask = mask if isinstance(mask, Tensor) and mask.dim() == 2 else None
     tokens = a.get("input_ids") if a.get("input_ids") is not None else a.get("inputs_embeds")
-    ctx.shape = tuple(tokens.shape[:2]) if isinstance(tokens, Tensor) and tokens.dim() >= 2 else None
-    ctx.cache = next((a[n] for n in _CACHE_NAMES if a.get(n) is not None), None)
-    ctx.past = ctx.cache.get_seq_length() if hasattr(ctx.cache, "get_seq_length") else 0
-    if ctx.mode == "causal":
-        ctx.states, ctx.new_states = (getattr(ctx.cache, "_meo_states", {}) if ctx.past else {}), {}
-    if ctx.mode == "cross":
+    shape = tuple(tokens.shape[:2]) if isinstance(tokens, Tensor) and tokens.dim() >= 2 else None
+    if mask is not None and shape is not None and (mask.shape[0] != shape[0] or mask.shape[1] < shape[1]):
+        raise ValueError(f"attention_mask of shape {tuple(mask.shape)} does not fit the {shape[0]}x{shape[1]} tokens of "
+                         f"{type(module).__name__} (expected ({shape[0]}, >= {shape[1]}))")
+    cache = next((a[n] for n in _CACHE_NAMES if a.get(n) is not None), None)
+    past = cache.get_seq_length() if hasattr(cache, "get_seq_length") else 0
+    states = MappingProxyType(dict(getattr(cache, "_meo_states", {}))) if st.mode == "causal" and past else None
+    pooled = None
+    if st.mode == "cross":
         enc, emask = a.get("encoder_hidden_states"), a.get("encoder_attention_mask")
         if enc is not None and not isinstance(enc, Tensor): enc = enc[0]   # a BaseModelOutput
         emask = emask if isinstance(emask, Tensor) and emask.dim() == 2 else None
-        ctx.pooled = None if enc is None else masked_mean(enc, emask)
+        pooled = None if enc is None else masked_mean(enc, emask)
+    parent = _CALL.get()
+    mc = parent.find(st.model) if parent is not None else None
+    _CALL.set(CallContext(st, parent, mask, shape, None, pooled, cache, past, states,
+                          aux_scale=mc.aux_scale if mc is not None else st.model.aux_scale))
 
 def _stack_post_hook(module, args, kwargs, output):
-    ctx = module._meo_stack
-    if ctx.mode != "causal" or not ctx.new_states: return
-    cache = next((getattr(output, n, None) for n in _CACHE_NAMES if getattr(output, n, None) is not None), ctx.cache)
-    if cache is not None: _attach_states(cache, ctx.new_states)
+    st = module._meo_stack
+    call = current_call()
+    _pop(st)
+    if call is None or call.owner is not st or st.mode != "causal" or not call.new_states or output is None: return
+    cache = next((getattr(output, n, None) for n in _CACHE_NAMES if getattr(output, n, None) is not None), call.cache)
+    if cache is not None: _attach_states(cache, dict(call.new_states))
 
 def _attach_states(cache, states: dict):
     "Store routing states on a generation cache; make its row-selection methods carry them along."
@@ -163,12 +212,55 @@ def _attach_states(cache, states: dict):
     if hasattr(cache, "crop"): cache.crop = crop
     cache._meo_patched = True
 
+def _chain(call: CallContext | None) -> list:
+    out = []
+    while call is not None: out.append(call); call = call.parent
+    return out
+
+def _with_checkpoint_context(ckpt):
+    "Wrap a checkpoint function: the segment runs (first and when recomputed) under the context it was first called in."
+    if getattr(ckpt, "_meo_wrapped", False): return ckpt
+    def checkpoint_in_context(fn, *args, **kwargs):
+        call = _CALL.get()
+        if call is None: return ckpt(fn, *args, **kwargs)
+        chain = _chain(call)                                           # innermost first
+        carried = [i for i, c in enumerate(chain) if isinstance(c.pooled, Tensor) and c.pooled.requires_grad]
+        n, runs = len(args), [0]
+        def run(*a, **k):
+            c = call
+            if carried:                                                # rebuild the chain around the segment's inputs
+                pooled = dict(zip(carried, a[n:]))
+                c = None
+                for i in reversed(range(len(chain))):
+                    c = replace(chain[i], parent=c, **({"pooled": pooled[i]} if i in pooled else {}))
+            recompute, runs[0] = runs[0] > 0, runs[0] + 1
+            with call_scope(c, recompute): return fn(*a[:n], **k)
+        return ckpt(run, *args, *[chain[i].pooled for i in carried], **kwargs)
+    checkpoint_in_context._meo_wrapped = True
+    return checkpoint_in_context
+
+def _wrap_checkpointing(model: nn.Module):
+    for m in model.modules():
+        f = m.__dict__.get("_gradient_checkpointing_func")
+        if f is not None and not getattr(f, "_meo_wrapped", False):
+            m._gradient_checkpointing_func = _with_checkpoint_context(f)
+
 def _model_pre_hook(module, args, kwargs):
-    module._meo_context.call_task_ids = kwargs.pop("task_ids", None)
+    mctx = module._meo_context
+    ids = kwargs.pop("task_ids", None)
+    if module.training and torch.is_grad_enabled(): _wrap_checkpointing(module)
+    if ids is not None and mctx.n_tasks:                                 # validated once, when the call starts
+        a = _call_arguments(module, args, kwargs)
+        B = next((a[n].shape[0] for n in _BATCH_NAMES if isinstance(a.get(n), Tensor)), None)
+        if B is not None:
+            dev = next((a[n].device for n in _BATCH_NAMES if isinstance(a.get(n), Tensor)), None)
+            ids = check_task_ids(ids, B, mctx.n_tasks, dev)
+    if ids is not None: ids = torch.as_tensor(ids)
+    _CALL.set(CallContext(mctx, _CALL.get(), task_ids=ids, aux_scale=mctx.aux_scale))
     return args, kwargs
 
 def _model_post_hook(module, args, kwargs, output):
-    module._meo_context.call_task_ids = None     # a later call of a part alone (generate's encoder) uses the defaults
+    _pop(module._meo_context)     # the ids of a call end with it: a part called alone later uses the defaults
 
 _HOOKS = (_stack_pre_hook, _stack_post_hook, _model_pre_hook, _model_post_hook)
 
@@ -177,7 +269,8 @@ def _remove_hooks(model: nn.Module):
         for d in (m._forward_pre_hooks, m._forward_hooks):
             for key in [k for k, fn in d.items() if fn in _HOOKS]:
                 d.pop(key)
-                for extra in (m._forward_pre_hooks_with_kwargs, m._forward_hooks_with_kwargs): extra.pop(key, None)
+                for extra in (m._forward_pre_hooks_with_kwargs, m._forward_hooks_with_kwargs, m._forward_hooks_always_called):
+                    extra.pop(key, None)
         if hasattr(m, "_meo_stack"): del m._meo_stack
 
 # %% ../nbs/03_convert.ipynb #a7380bba
@@ -219,7 +312,7 @@ def moefy(model: nn.Module, config: MEOConfig | None = None, **kwargs) -> nn.Mod
     names = find_ffn(model, cfg.targets)
     modules = dict(model.named_modules())
     stacks = {n: m for n, m in modules.items() if _is_stack(m)}
-    mctx = ModelContext()
+    mctx = ModelContext(cfg.n_tasks if cfg.level == "task" else None)
     ctxs = {}
     hf = getattr(model, "config", None)
     try: ecfg = model.get_encoder().config                                    # the width of the encoder output
@@ -249,12 +342,12 @@ def moefy(model: nn.Module, config: MEOConfig | None = None, **kwargs) -> nn.Mod
         stack = modules[sname]
         stack._meo_stack = ctx
         stack.register_forward_pre_hook(_stack_pre_hook, with_kwargs=True)
-        stack.register_forward_hook(_stack_post_hook, with_kwargs=True)
+        stack.register_forward_hook(_stack_post_hook, with_kwargs=True, always_call=True)
     if hf is not None: hf.meo = cfg.to_dict()
     return model
 
 def aux_loss(model: nn.Module) -> Tensor:
-    "Sum of the load-balancing losses of the model's MoE/MEO layers in their last forward."
+    "Sum of the load-balancing losses of the model's MoE/MEO layers in their last forward (a value: its gradient flows in `loss.backward()`)."
     losses = [m.aux_loss for m in _expert_layers(model).values() if m.aux_loss is not None]
     if losses: return torch.stack([l.float() for l in losses]).sum()
     return torch.zeros((), device=next(model.parameters()).device)
@@ -262,7 +355,16 @@ def aux_loss(model: nn.Module) -> Tensor:
 def set_task_ids(model: nn.Module, task_ids) -> None:
     "Task ids used by a task-level model when a call does not pass `task_ids=` (e.g. inside `generate`)."
     if not hasattr(model, "_meo_context"): raise ValueError("set_task_ids needs a model converted with meo.moefy")
+    n = model._meo_context.n_tasks
+    if task_ids is not None and n:
+        t = torch.as_tensor(task_ids)
+        check_task_ids(t, t.shape[0] if t.dim() else 1, n)
     model._meo_context.default_task_ids = task_ids
+
+def set_aux_scale(model: nn.Module, scale: float) -> None:
+    "Weight of the aux loss's gradient in the model's next calls (`MEOTrainer` sets 1 / gradient accumulation steps)."
+    if not hasattr(model, "_meo_context"): raise ValueError("set_aux_scale needs a model converted with meo.moefy")
+    model._meo_context.aux_scale = float(scale)
 
 def expert_usage(model: nn.Module, reset: bool = False) -> dict:
     "Selections per expert of every MoE/MEO layer since the last reset: {layer name: (n_experts,) long}."

@@ -88,7 +88,7 @@ def train_steps(model: nn.Module, arch: str, steps: int = 2, batch: int = 4, row
     for s in range(steps):
         out = model(**{k: v[rows] for k, v in tiny_batch(arch, s, batch).items()})
         aux = aux_loss(model)
-        (out.loss + aux).backward()
+        out.loss.backward()                                  # trains the aux loss too (its value: aux)
         if s == 0: grads = {n: _full(p.grad).clone() for n, p in model.named_parameters() if p.grad is not None}
         opt.step(); opt.zero_grad()
         losses.append(out.loss.detach()); auxes.append(aux.detach())

@@ -4,16 +4,18 @@
 
 # %% ../nbs/02_layers.ipynb #d9f27c96
 from __future__ import annotations
-import math, threading
+import math
+from dataclasses import replace
 import torch
 from torch import nn, Tensor
 import torch.nn.functional as F
 from .core import LEVELS, check_choice, check_int
-from .routing import Router, Routing, SegmentState
+from .routing import Router, Routing, SegmentState, CallContext, current_call, recomputing, autocast_off
+from . import kernels as K
+from .kernels import MERGE_MODES, merge_mode, merge_experts, merged_linear, merged_product, clear_workspace
 
 # %% auto #0
-__all__ = ['MERGE_MODES', 'WORKSPACE_BYTES', 'MERGE_ROWS', 'DECODE_CACHE_BYTES', 'TokenAttention', 'moe_experts', 'merge_mode',
-           'merge_experts', 'clear_workspace', 'MergedLinear', 'merged_linear', 'ExpertLinear', 'MoELinear',
+__all__ = ['DECODE_CACHE_BYTES', 'TokenAttention', 'moe_experts', 'merged_linear_ref', 'AuxLossGrad', 'ExpertLinear', 'MoELinear',
            'MEOLinear']
 
 # %% ../nbs/02_layers.ipynb #6878b25e
@@ -70,256 +72,34 @@ def moe_experts(x: Tensor,             # (N, I) tokens
         start += c
     return out
 
-# %% ../nbs/02_layers.ipynb #21a2a686
-MERGE_MODES = ("auto", "gemm", "gather")
-
-def merge_mode(mode: str, n_experts: int, n_groups: int, k: int) -> str:
-    "Resolve `mode='auto'`: 'gemm' unless 'gather' reads under half as many expert matrices (n <= 2 G k)."
-    check_choice("merge", mode, MERGE_MODES)
-    if mode != "auto": return mode
-    return "gemm" if n_experts <= 2 * n_groups * k else "gather"
-
-def merge_experts(weight: Tensor,   # (n, ...) expert tensors (weights (n, O, I) or biases (n, O))
-                  index: Tensor,    # (G, k) selected experts
-                  gate: Tensor,     # (G, k) their gates
-                  mode: str = "auto") -> Tensor:  # (G, ...) merged
-    "Gate-weighted sum of each group's selected experts, `sum_j gate[g,j] * weight[index[g,j]]`."
-    n, G, k = weight.shape[0], index.shape[0], index.shape[1]
-    gate = gate.to(weight.dtype)
-    if merge_mode(mode, n, G, k) == "gemm":
-        dense = gate.new_zeros(G, n).scatter(1, index, gate)                        # (G, n)
-        return (dense @ weight.flatten(1)).view(G, *weight.shape[1:])
-    out = weight.new_empty(G, *weight.shape[1:])
-    if G == 0: return out
-    for j in range(k):                                                              # k passes, no (G, k, ...) tensor
-        w = weight[index[:, j]]                                                     # (G, ...)
-        gj = gate[:, j].view(G, *([1] * (weight.dim() - 1)))
-        if j == 0: torch.mul(w, gj, out=out)
-        else: out.addcmul_(w, gj)
-    return out
-
-# %% ../nbs/02_layers.ipynb #80c00884
-def _group_rows(group: Tensor | None, n_groups: int) -> list | None:
-    "Examples of each group, as a slice when contiguous (no copy) else an index tensor; None: group b = example b."
-    if group is None: return None
-    rows = []
-    for g in range(n_groups):
-        r = (group == g).nonzero().squeeze(1)
-        if len(r) and int(r[-1]) - int(r[0]) + 1 == len(r): r = slice(int(r[0]), int(r[-1]) + 1)
-        rows.append(r)
-    return rows
-
-def _blocks(O: int, block: int):
-    return [(o, min(o + block, O)) for o in range(0, O, block)]
-
-def _blocks_in(o0: int, o1: int, block: int):
-    return [(o0 + a, o0 + b) for a, b in _blocks(o1 - o0, block)]
-
-WORKSPACE_BYTES = 2 ** 28    # merged weights are built in one reused workspace of at most 256 MB (per thread)
-MERGE_ROWS = 64              # rows merged per matrix product (a cache-sized merge)
-_ws = threading.local()
-
-def _workspace(numel: int, like: Tensor) -> Tensor:
-    "A flat buffer of at least `numel` values, allocated once per thread, device and dtype, and reused."
-    key = (like.device, like.dtype)
-    bufs = getattr(_ws, "bufs", None)
-    if bufs is None: bufs = _ws.bufs = {}
-    if key not in bufs or bufs[key].numel() < numel: bufs[key] = like.new_empty(numel)
-    return bufs[key][:numel]
-
-def clear_workspace():
-    "Release this thread's merge workspace (it is allocated again when next needed)."
-    _ws.bufs = {}
-
-def _auto_block(O: int, I: int, G: int, block: int | None, itemsize: int = 4) -> int:
-    "Output rows per product: `block`, or all rows if their merged weights fit the workspace, else as many as fit (>= 64)."
-    if block: return min(block, O)
-    rows = WORKSPACE_BYTES // max(1, G * I * itemsize)
-    return O if rows >= O else max(MERGE_ROWS, rows // MERGE_ROWS * MERGE_ROWS)
-
-def _merge_rows(buf: Tensor, weight: Tensor, o0: int, index: Tensor, gate: Tensor, dense: Tensor | None, mode: str):
-    "buf (G, m*I) <- merged rows o0 .. o0+m of every group, MERGE_ROWS rows per merge."
-    n, _, I = weight.shape
-    m = buf.shape[1] // I
-    for s0, s1 in _blocks(m, MERGE_ROWS):
-        _merge_into(buf[:, s0 * I:s1 * I], weight[:, o0 + s0:o0 + s1].reshape(n, (s1 - s0) * I), index, gate, dense, mode)
-    return buf
-
-def _merge_into(out: Tensor, slab: Tensor, index: Tensor, gate: Tensor, dense: Tensor | None, mode: str) -> Tensor:
-    "out (G, m) <- sum_j gate[:, j] * slab[index[:, j]] for slab (n, m): one GEMM ('gemm') or k gathers ('gather')."
-    if mode == "gemm": return torch.mm(dense, slab, out=out)
-    G, k = index.shape
-    if slab.device.type == "cpu" and G * k <= 64:           # few rows (task level): scaled views, no gathered copies
-        idx, g = index.tolist(), gate.tolist()
-        for r in range(G):
-            torch.mul(slab[idx[r][0]], g[r][0], out=out[r])
-            for j in range(1, k): out[r].add_(slab[idx[r][j]], alpha=g[r][j])
-        return out
-    for j in range(k):
-        sel = slab.index_select(0, index[:, j])
-        if j == 0: torch.mul(sel, gate[:, j:j + 1], out=out)
-        else: out.addcmul_(sel, gate[:, j:j + 1])
-    return out
-
-def _frobenius(slab: Tensor, D: Tensor, index: Tensor, mode: str) -> Tensor:
-    "<slab[index[g,j]], D[g]> for every (g, j): (G, k), accumulated in float32 or better; slab (n, m), D (G, m)."
-    acc = torch.promote_types(slab.dtype, torch.float32)
-    if mode == "gemm": return (D.to(acc) @ slab.to(acc).T).gather(1, index)
-    G, k = index.shape
-    if slab.device.type == "cpu" and 0 < G * k <= 64 and slab.dtype == acc:  # few rows: dot products of views, no copies
-        idx = index.tolist()
-        return torch.stack([torch.stack([torch.dot(slab[idx[g][j]], D[g]) for j in range(k)]) for g in range(G)])
-    return torch.stack([(slab.index_select(0, index[:, j]).to(acc) * D.to(acc)).sum(1) for j in range(index.shape[1])], 1)
-
-def _scatter_add_experts(out: Tensor, D: Tensor, index: Tensor, gate: Tensor, dense: Tensor | None, mode: str,
-                         assign: bool = False):
-    "out (n, m) += (or, `assign` in gemm mode, =) sum over (g, j) with index[g,j] = i of gate[g,j] * D[g]."
-    G, k = index.shape
-    if mode == "gemm":
-        if assign: torch.mm(dense.T, D, out=out)
-        else: out.addmm_(dense.T, D)
-    elif out.device.type == "cpu" and G * k <= 64:                     # few rows: in-place scaled adds of views
-        idx, g = index.tolist(), gate.tolist()
-        for r in range(G):
-            for j in range(k): out[idx[r][j]].add_(D[r], alpha=g[r][j])
-    else:
-        for j in range(k): out.index_add_(0, index[:, j], D * gate[:, j:j + 1])
-
-def _apply(x: Tensor, W: Tensor, rows: list | None, out: Tensor, transpose: bool = True, accumulate: bool = False,
-           scratch: Tensor | None = None, bias: Tensor | None = None):
-    "out_b (+)= x_b @ W_{g(b)}^T (or @ W_{g(b)}) [+ bias_{g(b)}]; x (B, L, ·), W (G, ·, ·), out (B, L, ·) maybe strided."
-    Wt = W.transpose(1, 2) if transpose else W
-    if rows is None:
-        if accumulate: out.baddbmm_(x, Wt); return
-        target = out if out.is_contiguous() else scratch if scratch is not None and scratch.shape == out.shape else None
-        if bias is None: res = torch.bmm(x, Wt, out=target) if target is not None else torch.bmm(x, Wt)
-        else:
-            b = bias[:, None, :].expand(*out.shape)
-            res = torch.baddbmm(b, x, Wt, out=target) if target is not None else torch.baddbmm(b, x, Wt)
-        if res is not out: out.copy_(res)
-        return
-    for g, r in enumerate(rows):
-        xr = x[r]
-        x2 = xr.reshape(-1, xr.shape[-1])
-        if isinstance(r, slice) and out.is_contiguous():        # contiguous examples: straight into the output
-            o = out[r].view(-1, out.shape[-1])
-            if accumulate: o.addmm_(x2, Wt[g])
-            elif bias is None: torch.mm(x2, Wt[g], out=o)
-            else: torch.addmm(bias[g], x2, Wt[g], out=o)
-            continue
-        res = (x2 @ Wt[g] if bias is None else torch.addmm(bias[g], x2, Wt[g])).view(*xr.shape[:2], -1)
-        if accumulate: out[r] += res
-        else: out[r] = res
-
-def _outer(dy: Tensor, x: Tensor, rows: list | None, out: Tensor) -> Tensor:
-    "out (G, O', I) <- sum over the examples b of group g and tokens t of dy_bt x_bt^T."
-    if rows is None: return torch.bmm(dy.transpose(1, 2), x, out=out)
-    for g, r in enumerate(rows):
-        d, xr = dy[r], x[r]
-        torch.mm(d.reshape(-1, d.shape[-1]).T, xr.reshape(-1, xr.shape[-1]), out=out[g])
-    return out
-
-def _members(rows: list | None, G: int) -> list:
-    "The examples of each group (an index or slice per group)."
-    return [slice(g, g + 1) for g in range(G)] if rows is None else rows
-
-class MergedLinear(torch.autograd.Function):
-    "y = merged(x), the merged weight rebuilt block by block in forward and again in backward, never saved."
-    @staticmethod
-    def forward(ctx, x, weight, bias, gate, index, group, mode, block):
-        G, k = index.shape
-        n, O, I = weight.shape
-        mode = "gather" if k == 1 else merge_mode(mode, n, G, k)                  # k = 1: nothing to merge
-        rows = _group_rows(group, G)
-        gw = gate.to(weight.dtype)
-        y = x.new_empty(*x.shape[:2], O)
-        b = None if bias is None else merge_experts(bias, index, gate, mode)          # (G, O) merged biases: small
-        if k == 1 and x.shape[0] * x.shape[1]:               # no merge: each group's expert, scaled by its gate
-            for g, r in enumerate(_members(rows, G)):
-                xr, e, a = x[r], int(index[g, 0]), float(gw[g, 0])
-                x2 = xr.reshape(-1, I)
-                if isinstance(r, slice):                        # y_r = a x_r W_e^T + b_g, in one pass
-                    y2 = y[r].view(-1, O)
-                    if b is None: y2.addmm_(x2, weight[e].T, beta=0, alpha=a)
-                    else: torch.addmm(b[g], x2, weight[e].T, alpha=a, out=y2)
-                else:
-                    res = x2 @ weight[e].T * a
-                    y[r] = (res if b is None else res + b[g]).view(*xr.shape[:2], O)
-        elif x.shape[0] * x.shape[1] and G:
-            dense = gw.new_zeros(G, n).scatter(1, index, gw) if mode == "gemm" else None
-            blk = _auto_block(O, I, G, block, x.element_size())
-            scratch = x.new_empty(*x.shape[:2], blk) if rows is None and blk < O else None
-            for o0, o1 in _blocks(O, blk):
-                m = o1 - o0
-                W = _merge_rows(_workspace(G * m * I, x).view(G, m * I), weight, o0, index, gw, dense, mode)
-                _apply(x, W.view(G, m, I), rows, y[..., o0:o1], scratch=scratch, bias=None if b is None else b[:, o0:o1])
-        else: y.zero_()
-        ctx.save_for_backward(x, weight, bias, gate, index)
-        ctx.rows, ctx.mode, ctx.block = rows, mode, block
-        return y
-
-    @staticmethod
-    def backward(ctx, dy):
-        x, weight, bias, gate, index = ctx.saved_tensors
-        rows, mode, block = ctx.rows, ctx.mode, ctx.block
-        need_x, need_w, need_b, need_g = ctx.needs_input_grad[:4]
-        G, k = index.shape
-        n, O, I = weight.shape
-        dy = dy.contiguous()
-        gw = gate.to(weight.dtype)
-        acc = torch.promote_types(weight.dtype, torch.float32)                     # gate grads in >= float32
-        dx = torch.zeros_like(x) if need_x else None
-        # in gemm mode every row block of dw is written exactly once below: no need to zero it first
-        dw = (torch.empty_like(weight) if mode == "gemm" and k > 1 and x.shape[0] * x.shape[1] and G
-              else torch.zeros_like(weight)) if need_w else None
-        dgate = torch.zeros(G, k, dtype=acc, device=gate.device) if need_g else None
-        if k == 1:
-            for g, r in enumerate(_members(rows, G)):
-                e, a, xr, dr = int(index[g, 0]), float(gw[g, 0]), x[r], dy[r]
-                x2, d2 = xr.reshape(-1, I), dr.reshape(-1, O)
-                if need_x or need_g:                                                 # t = delta W_e
-                    t = torch.mm(d2, weight[e], out=dx[r].view(-1, I)) if need_x and isinstance(r, slice) else d2 @ weight[e]
-                    if need_g: dgate[g, 0] = (t.to(acc) * x2.to(acc)).sum()          # <delta W_e, x>
-                    if need_x:
-                        if isinstance(r, slice): t.mul_(a)                           # dx = a delta W_e, in place
-                        else: dx[r] = (t * a).view(xr.shape)
-                if need_w: dw[e].addmm_(d2.T, x2, alpha=a)
-        elif x.shape[0] * x.shape[1] and G:
-            dense = gw.new_zeros(G, n).scatter(1, index, gw) if mode == "gemm" else None
-            blk = _auto_block(O, I, G, block, x.element_size())
-            Dbuf = x.new_empty(G, min(blk, MERGE_ROWS) * I) if need_w or need_g else None
-            for o0, o1 in _blocks(O, blk):
-                if need_x:                                                              # dx += dy W_hat
-                    m = o1 - o0
-                    W = _merge_rows(_workspace(G * m * I, x).view(G, m * I), weight, o0, index, gw, dense, mode)
-                    _apply(dy[..., o0:o1], W.view(G, m, I), rows, dx, transpose=False, accumulate=True)
-                for s0, s1 in (_blocks_in(o0, o1, MERGE_ROWS) if need_w or need_g else []):
-                    m = s1 - s0                                                         # D = dy^T x, a block at a time
-                    slab = weight[:, s0:s1].reshape(n, m * I)
-                    D = _outer(dy[..., s0:s1], x, rows, Dbuf[:, :m * I].view(G, m, I)).view(G, m * I)
-                    if need_g: dgate += _frobenius(slab, D, index, mode)
-                    if need_w: _scatter_add_experts(dw[:, s0:s1].reshape(n, m * I), D, index, gw, dense, mode, assign=True)
-        db = None
-        if bias is not None and (need_b or need_g):
-            d = dy.sum(1) if rows is None else dy.new_zeros(G, O)                            # (G, O)
-            for g, r in enumerate(rows or []): d[g] = dy[r].sum((0, 1))
-            if need_g: dgate += _frobenius(bias, d, index, "gather")
-            if need_b:
-                db = torch.zeros_like(bias)
-                _scatter_add_experts(db, d, index, gw, None, "gather")
-        return dx, dw, db, (dgate.to(gate.dtype) if need_g else None), None, None, None, None
-
-def merged_linear(x: Tensor,              # (B, L, I)
-                  weight: Tensor,         # (n, O, I)
-                  bias: Tensor | None,    # (n, O)
-                  index: Tensor,          # (G, k)
-                  gate: Tensor,           # (G, k)
-                  group: Tensor | None = None,  # (B,) group of each example; None: G == B, group b = example b
-                  mode: str = "auto", block: int | None = None) -> Tensor:  # (B, L, O)
-    "MEO product: merge each group's experts and apply once; the merged weight is recomputed in backward."
-    return MergedLinear.apply(x, weight, bias, gate, index, group, mode, block)
+# %% ../nbs/02_layers.ipynb #b8992090
+def merged_linear_ref(x: Tensor,             # (B, L, I)
+                      weight: Tensor,        # (n, O, I) experts
+                      bias: Tensor | None,   # (n, O)
+                      index: Tensor,         # (G, k) selected experts of each group
+                      gate: Tensor,          # (G, k) their gates
+                      group: Tensor | None = None  # (B,) group of each example; None: G == B
+                     ) -> Tensor:            # (B, L, O)
+    "The paper's merged product, naively: merge each group's experts with autograd, then one product per example."
+    W = (gate[..., None, None].to(weight.dtype) * weight[index]).sum(1)           # (G, O, I) = sum_j g_gj W_e_gj
+    b = None if bias is None else (gate[..., None].to(bias.dtype) * bias[index]).sum(1)   # (G, O)
+    if group is not None: W, b = W[group], (None if b is None else b[group])      # (B, O, I): each example's W_hat
+    y = x @ W.transpose(1, 2)                                                      # (B, L, O) = W_hat x
+    return y if b is None else y + b[:, None]
 
 # %% ../nbs/02_layers.ipynb #c8fe97a4
+class AuxLossGrad(torch.autograd.Function):
+    "Identity on the gates; in backward it also starts the aux loss's gradient (weight `scale`), in the main backward."
+    @staticmethod
+    def forward(ctx, gate, aux, scale):
+        ctx.scale, ctx.aux_shape = scale, aux.shape
+        return gate.clone()                                           # (G, k): a new tensor, cheap
+
+    @staticmethod
+    def backward(ctx, grad):
+        aux_grad = grad.new_full(ctx.aux_shape, ctx.scale) if ctx.needs_input_grad[1] else None
+        return grad, aux_grad, None
+
 class ExpertLinear(nn.Module):
     "Base of `MoELinear` and `MEOLinear`: `n_experts` linear experts `(n, out, in)` and a router."
     def __init__(self, in_features: int, out_features: int, n_experts: int, k: int, level: str = "sequence",
@@ -342,7 +122,7 @@ class ExpertLinear(nn.Module):
         self.context = None
         self.reset_parameters()
 
-    def __getstate__(self):   # copies and pickles drop the graph-holding results of the last call
+    def __getstate__(self):   # copies and pickles drop the results of the last call
         return {**super().__getstate__(), "aux_loss": None, "segment_state": None}
 
     def reset_parameters(self):
@@ -377,34 +157,53 @@ class ExpertLinear(nn.Module):
         if not isinstance(linear, nn.Linear): raise ValueError(f"from_linear expects an nn.Linear, got {type(linear).__name__}")
         return cls.from_weight(linear.weight, linear.bias, n_experts, k, level, init_noise, **kwargs)
 
-    def _input(self, x: Tensor) -> Tensor:
-        "Check `x` and view it as (B, L, I) in the dtype of the experts."
+    def _inputs(self, x: Tensor, mask, task_ids, pooled, state):
+        "Check `x`, view it as (B, L, I); the routing inputs the caller did not pass come from the running call's context."
         if not isinstance(x, Tensor) or x.dim() not in (2, 3) or x.shape[-1] != self.in_features:
             shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
             raise ValueError(f"input has shape {shape}: expected (batch, seq_len, in_features={self.in_features}) "
                              f"or (batch, in_features={self.in_features})")
-        if x.dim() == 2:   # tokens flattened by the host model (e.g. OPT): its context knows the (B, L) layout
-            shape = getattr(self.context, "shape", None)
-            x = x.view(*shape, x.shape[-1]) if shape and shape[0] * shape[1] == x.shape[0] else x[:, None]
-        return x if x.dtype == self.weight.dtype else x.to(self.weight.dtype)
+        ctx = self.context
+        call = ctx.current() if ctx is not None else None            # immutable: this call's, in this thread
+        shape = None if call is None else call.shape
+        h = x
+        if x.dim() == 2:
+            N = x.shape[0]
+            if shape and shape[0] * shape[1] == N: h = x.view(*shape, x.shape[-1])   # tokens flattened by the host (OPT)
+            elif shape and shape[0] == N:                              # one vector per example (a pooler): its own row
+                h = x[:, None]
+                if mask is None: mask = torch.ones(N, 1, dtype=torch.bool, device=x.device)
+            elif shape:
+                raise ValueError(f"input of shape {tuple(x.shape)} reaching {getattr(self, '_meo_name', 'this layer')} "
+                                 f"fits neither the {shape[0]}x{shape[1]} tokens of this call nor its {shape[0]} examples")
+            else: h = x[:, None]                                       # a batch of one-token sequences
+        if ctx is not None: mask, task_ids, pooled, state = ctx.inputs(self, call, h, mask, task_ids, pooled, state)
+        return h, mask, task_ids, pooled, state, call
 
     def _output(self, y: Tensor, x: Tensor) -> Tensor: return y if x.dim() == 3 else y.reshape(x.shape[0], y.shape[-1])
 
-    def _route(self, h: Tensor, mask, task_ids, pooled, state) -> Routing:
-        "Route `h` (B, L, I), taking missing routing inputs from `self.context`; record aux loss, usage, state."
-        if self.context is not None:
-            mask, task_ids, pooled, state = self.context.inputs(self, h, mask, task_ids, pooled, state)
+    def _compute_dtype(self, h: Tensor) -> torch.dtype:
+        "The dtype of the expert products: autocast's when it is on for this device, else the experts' own."
+        dev = h.device.type
+        try: on = torch.is_autocast_enabled(dev)
+        except (RuntimeError, TypeError): on = False
+        return torch.get_autocast_dtype(dev) if on and self.weight.is_floating_point() else self.weight.dtype
+
+    def _experts(self, dt: torch.dtype):
+        "Expert weights and biases in dtype `dt` (a differentiable cast under autocast; the parameters themselves otherwise)."
+        if dt == self.weight.dtype: return self.weight, self.bias
+        return self.weight.to(dt), None if self.bias is None else self.bias.to(dt)
+
+    def _route(self, h: Tensor, mask, task_ids, pooled, state, call: CallContext | None) -> Routing:
+        "Route `h` (B, L, I); attach the aux loss's gradient to the gates; record aux loss, usage and state once."
         r = self.router(h, mask, task_ids, pooled, state)
-        self.aux_loss, self.segment_state = r.aux_loss, r.state
-        if r.state is not None and self.context is not None: self.context.save_state(self, r.state)
-        with torch.no_grad():                                       # real tokens routed to each expert
-            B, L = h.shape[:2]
-            m = torch.ones(B, L, device=h.device) if mask is None else (mask != 0).float()
-            if r.segments is not None: tokens = r.segments.n_real
-            elif r.level == "token": tokens = m.reshape(-1)
-            elif r.group is None: tokens = m.sum(1)
-            else: tokens = torch.zeros(r.n_groups, device=h.device).index_add_(0, r.group, m.sum(1))
-            self.usage += torch.bincount(r.index.reshape(-1), weights=tokens.repeat_interleave(self.k),
+        if self.training and torch.is_grad_enabled() and r.aux_loss.requires_grad:   # the aux loss trains with the output
+            r = replace(r, weight=AuxLossGrad.apply(r.weight, r.aux_loss, 1.0 if call is None else call.aux_scale))
+        if recomputing(): return r                                     # a checkpointed segment again: counted already
+        self.aux_loss, self.segment_state = r.aux_loss.detach(), r.state
+        if r.state is not None and call is not None: self.context.save_state(call, self, r.state)
+        with torch.no_grad():                                          # real tokens routed to each expert
+            self.usage += torch.bincount(r.index.reshape(-1), weights=r.groups.n_real.repeat_interleave(self.k),
                                          minlength=self.n_experts).round().long()
         return r
 
@@ -413,71 +212,75 @@ class MoELinear(ExpertLinear):
     "Vanilla Mixture-of-Experts linear layer: `y = sum_j g_j (W_{e_j} x + b_{e_j})`, at token, sequence or task level."
     def forward(self, x: Tensor, mask: Tensor | None = None, task_ids: Tensor | None = None,
                 pooled: Tensor | None = None, state: SegmentState | None = None) -> Tensor:
-        h = self._input(x)
+        h, mask, task_ids, pooled, state, call = self._inputs(x, mask, task_ids, pooled, state)
         B, L, I = h.shape
-        r = self._route(h, mask, task_ids, pooled, state)
-        if self.level == "token": index, gate = r.index, r.weight                    # (B*L, k)
-        elif r.segments is not None:                                                 # causal: the gate of each token's segment
-            g = r.segments.group.reshape(-1)
-            index, gate = r.index[g], r.weight[g]
-        else:                                                                        # every token inherits its group's gate
-            index, gate = (r.index, r.weight) if r.group is None else (r.index[r.group], r.weight[r.group])
-            index, gate = [t[:, None].expand(B, L, self.k).reshape(B * L, self.k) for t in (index, gate)]
-        y = moe_experts(h.reshape(B * L, I), self.weight, self.bias, index, gate)
+        r = self._route(h, mask, task_ids, pooled, state, call)
+        index, gate = r.groups.per_token(r.index), r.groups.per_token(r.weight)    # (B*L, k): each token's group's gate
+        dt = self._compute_dtype(h)
+        W, b = self._experts(dt)
+        with autocast_off(h.device.type):                               # one dtype inside: autocast's, or the experts'
+            y = moe_experts(h.reshape(B * L, I) if h.dtype == dt else h.reshape(B * L, I).to(dt), W, b, index, gate)
         return self._output(y.view(B, L, self.out_features), x)
 
 # %% ../nbs/02_layers.ipynb #0b87af0f
 class MEOLinear(ExpertLinear):
     "Merging Experts into One: merge the selected experts per sequence/task, then one product per token."
     def __init__(self, in_features: int, out_features: int, n_experts: int, k: int, level: str = "sequence",
-                 bias: bool = True, reduce_factor: int = 64, merge: str = "auto", block: int | None = None, **kwargs):
+                 bias: bool = True, reduce_factor: int = 64, merge: str = "auto", block: int | None = None,
+                 backend: str | None = None, **kwargs):
         super().__init__(in_features, out_features, n_experts, k, level, bias,
                          _router_level="sequence" if level == "token" else None, **kwargs)
         self.merge = check_choice("merge", merge, MERGE_MODES)
         self.block = None if block is None else check_int("block", block, 1)
+        self.backend = backend
         dev, dt = self.weight.device, self.weight.dtype
         self.token_attn = TokenAttention(in_features, reduce_factor, device=dev, dtype=dt) if level == "token" else None
 
     def forward(self, x: Tensor, mask: Tensor | None = None, task_ids: Tensor | None = None,
                 pooled: Tensor | None = None, state: SegmentState | None = None) -> Tensor:
-        h = self._input(x)
-        r = self._route(h, mask, task_ids, pooled, state)
+        h, mask, task_ids, pooled, state, call = self._inputs(x, mask, task_ids, pooled, state)
+        r = self._route(h, mask, task_ids, pooled, state, call)
         if self.token_attn is not None: h = self.token_attn(h)
-        store = getattr(self.context, "merged_store", lambda layer: None)(self)
+        dt = self._compute_dtype(h)
+        if h.dtype != dt: h = h.to(dt)
+        store = None if call is None else self.context.merged_store(call, self)
         y = self._decode(h, r, store) if store is not None else None
-        if y is not None: pass
-        elif r.segments is None:
-            y = merged_linear(h, self.weight, self.bias, r.index, r.weight, r.group, self.merge, self.block)
-        else:                                                                        # causal: pack segments (G, s, I)
-            seg = r.segments
-            hs = h.new_zeros(r.n_groups, seg.length, h.shape[-1])
-            hs[seg.group, seg.slot] = h
-            ys = merged_linear(hs, self.weight, self.bias, r.index, r.weight, None, self.merge, self.block)
-            y = ys[seg.group, seg.slot]                                              # (B, L, O)
+        if y is not None: return self._output(y, x)
+        W, b = self._experts(dt)
+        opts = dict(backend=self.backend, mode=self.merge, block=self.block)
+        with autocast_off(h.device.type):                               # one dtype inside: autocast's, or the experts'
+            gr = r.groups
+            if gr.row is not None:                                       # whole examples share a gate
+                y = merged_product(h, W, b, r.index, r.weight, r.group, **opts)
+            else:                                                        # groups inside examples: pack them (G, s, I)
+                hs = h.new_zeros(gr.n_groups, gr.length, h.shape[-1])
+                hs[gr.token, gr.slot] = h
+                y = merged_product(hs, W, b, r.index, r.weight, None, **opts)[gr.token, gr.slot]   # (B, L, O)
         return self._output(y, x)
 
     def _decode(self, h: Tensor, r: Routing, store: dict) -> Tensor | None:
         "Without autograd (generation): reuse the merged weights stored in `store` while the routing is unchanged."
         B, T = h.shape[:2]
-        if r.segments is not None:
+        if r.groups.row is None:
             if T != 1: return None                                                   # a prompt: several segments
-            eg = r.segments.group[:, 0]
-        else: eg = r.group if r.group is not None else torch.arange(B, device=h.device)
+            eg = r.groups.token[:, 0]
+        else: eg = r.groups.row
         key = torch.cat([r.index.to(r.weight.dtype), r.weight], 1)                   # (G, 2k): experts and gates
         uniq, inv = torch.unique(key, dim=0, return_inverse=True)                    # distinct routings (beams share)
-        name, version = getattr(self, "_meo_name", id(self)), self.weight._version
+        name, version = getattr(self, "_meo_name", id(self)), (self.weight._version, h.dtype)
         ent = store.get(name)
         if ent is None or ent[1] != version or ent[0].shape != uniq.shape or not torch.equal(ent[0], uniq):
-            if uniq.shape[0] * self.out_features * self.in_features * self.weight.element_size() > DECODE_CACHE_BYTES:
+            if uniq.shape[0] * self.out_features * self.in_features * h.element_size() > DECODE_CACHE_BYTES:
                 return None
             ui, ug = uniq[:, :self.k].long(), uniq[:, self.k:]
+            W, b = self._experts(h.dtype)
             mode = merge_mode(self.merge, self.n_experts, len(uniq), self.k)
-            ent = store[name] = (uniq, version, merge_experts(self.weight, ui, ug, mode),
-                                 None if self.bias is None else merge_experts(self.bias, ui, ug, mode))
+            ent = store[name] = (uniq, version, K.merge_experts(W, ui, ug, mode),
+                                 None if b is None else K.merge_experts(b, ui, ug, mode))
         W, b = ent[2], ent[3]
         ex = inv[eg]                                                                 # (B,) merged weight of each example
         y = h.new_empty(B, T, self.out_features)
-        _apply(h, W, _group_rows(ex, W.shape[0]), y)
+        K._apply(h, W, K._group_rows(ex, W.shape[0]), y)
         return y if b is None else y.add_(b[ex][:, None, :])
 
 DECODE_CACHE_BYTES = 2 ** 29   # largest merged-weight set one layer keeps for decoding (512 MB)

@@ -4,7 +4,10 @@
 
 # %% ../nbs/01_routing.ipynb #7568056c
 from __future__ import annotations
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from contextlib import contextmanager, nullcontext
+from contextvars import ContextVar
+from types import MappingProxyType
 import torch
 from torch import nn, Tensor
 import torch.nn.functional as F
@@ -12,8 +15,9 @@ import torch.distributed as dist
 from .core import LEVELS, check_choice, check_int
 
 # %% auto #0
-__all__ = ['check_mask', 'masked_mean', 'SegmentState', 'Segments', 'causal_segments', 'cv_squared', 'prob_in_top_k', 'Routing',
-           'check_task_ids', 'Router']
+__all__ = ['check_mask', 'masked_mean', 'SegmentState', 'Segments', 'causal_segments', 'cv_squared', 'prob_in_top_k', 'Groups',
+           'Routing', 'check_task_ids', 'autocast_off', 'Router', 'CallContext', 'current_call', 'recomputing',
+           'call_scope']
 
 # %% ../nbs/01_routing.ipynb #11136e44
 def check_mask(mask: Tensor | None, B: int, L: int) -> Tensor | None:
@@ -76,7 +80,7 @@ def causal_segments(x: Tensor,                   # (B, T, d) layer input of the 
     j0 = state.count // s                                                       # (B,) segment of the chunk start
     count1 = state.count + mi.sum(1)
     jj, jj1 = seg - j0[:, None], count1 // s - j0                               # segments relative to j0
-    J = int(max(jj.max() if T else 0, jj1.max() if B else 0)) + 1
+    J = int(max(jj.max() if B * T else 0, jj1.max() if B else 0)) + 1
     # per-segment sums of this chunk, the carried partial sum added to the first
     acc = xf.new_zeros(B * J, d).index_add_(0, (torch.arange(B, device=dev)[:, None] * J + jj).reshape(-1),
                                             xf.reshape(B * T, d)).view(B, J, d)
@@ -99,7 +103,7 @@ def causal_segments(x: Tensor,                   # (B, T, d) layer input of the 
     b_g, seg_g, jj_g = first // max(T, 1), seg.reshape(-1)[first], jj.reshape(-1)[first]
     inputs = prefix[b_g, jj_g] / (seg_g * s).clamp(min=1)[:, None].float()       # (G, d) mean of earlier segments
     n_real = xf.new_zeros(G).index_add_(0, group, m.reshape(-1).float())
-    layout = Segments(group.view(B, T), slot, int(slot.max()) + 1 if T else 0, n_real)
+    layout = Segments(group.view(B, T), slot, int(slot.max()) + 1 if B * T else 0, n_real)
     return inputs, seg_g == 0, layout, new_state
 
 # %% ../nbs/01_routing.ipynb #0bc965a0
@@ -123,6 +127,22 @@ def prob_in_top_k(clean: Tensor,     # (G, n) logits without noise
     return torch.where(is_in, prob_if_in, prob_if_out)
 
 # %% ../nbs/01_routing.ipynb #898a4dc0
+@dataclass(frozen=True)
+class Groups:
+    "Who shares a gate, in one form for every level: the group of each token and the real tokens of each group."
+    token: Tensor               # (B, L) long: the group of every token
+    n_real: Tensor              # (G,) float32: real (unpadded) tokens of each group
+    row: Tensor | None = None   # (B,) long: each example's group, when all tokens of an example share one gate
+    slot: Tensor | None = None  # (B, L) long: each token's position inside its group, when groups are not whole examples
+    length: int = 0             # the most tokens of one group in that packing
+
+    @property
+    def n_groups(self) -> int: return self.n_real.shape[0]
+
+    def per_token(self, t: Tensor) -> Tensor:
+        "Rows of `t` (G, ...) for every token, flattened: (B*L, ...)."
+        return t[self.token.reshape(-1)]
+
 @dataclass
 class Routing:
     "The output of a `Router`: which experts each routing group uses, and with what weight."
@@ -133,6 +153,7 @@ class Routing:
     level: str              # 'token', 'sequence' or 'task'
     segments: Segments | None = None      # causal routing: the group of each token (then `group` is None)
     state: SegmentState | None = None     # causal routing: prefix sums after this call, for the next decoding step
+    groups: Groups | None = None          # who shares each gate (every level): what layers, usage and FLOPs read
 
     @property
     def n_groups(self) -> int: return self.index.shape[0]
@@ -142,6 +163,10 @@ class Routing:
         return self.weight.new_zeros(self.n_groups, n_experts).scatter(1, self.index, self.weight)
 
 # %% ../nbs/01_routing.ipynb #28ed11cf
+def _show(t: Tensor) -> str:
+    "A short text of a tensor's values (or its shape when it is long), for error messages."
+    return str(t.tolist()) if t.numel() <= 16 else f"<{t.dtype} tensor of shape {tuple(t.shape)}>"
+
 def check_task_ids(task_ids, B: int, n_tasks: int, device=None) -> Tensor:
     "Validate `task_ids` for `B` examples and `n_tasks` tasks; return a long tensor of shape `(B,)`."
     if task_ids is None:
@@ -150,12 +175,19 @@ def check_task_ids(task_ids, B: int, n_tasks: int, device=None) -> Tensor:
     t = torch.as_tensor(task_ids, device=device)
     if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
         raise ValueError(f"task_ids must hold integers, got dtype {t.dtype}")
-    if t.dim() == 0: t = t.expand(B)
+    if t.dim() == 0: t = t.expand(B)                   # one id for the whole batch, said explicitly
     if tuple(t.shape) != (B,):
-        raise ValueError(f"task_ids has shape {tuple(t.shape)}: expected (batch={B},), one task per example")
+        raise ValueError(f"task_ids={_show(t)} has shape {tuple(t.shape)}: expected (batch={B},), one task per example "
+                         "(ids are never repeated to fill a batch)")
     if B and (int(t.min()) < 0 or int(t.max()) >= n_tasks):
-        raise ValueError(f"task_ids has values in [{int(t.min())}, {int(t.max())}]: expected values in [0, {n_tasks})")
+        raise ValueError(f"task_ids={_show(t)} has values in [{int(t.min())}, {int(t.max())}]: expected values in [0, {n_tasks})")
     return t.long()
+
+def autocast_off(device_type: str):
+    "A context in which autocast is off for `device_type` (a no-op when it is not on): routers compute in float32."
+    try: on = torch.is_autocast_enabled(device_type)
+    except (RuntimeError, TypeError): on = False
+    return torch.autocast(device_type, enabled=False) if on else nullcontext()
 
 def _distributed() -> bool: return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
@@ -201,6 +233,15 @@ class Router(nn.Module):
         if self.level == "task": nn.init.normal_(self.task_embed)
         if self.first_input is not None: nn.init.zeros_(self.first_input)
 
+    def _apply(self, fn, recurse=True):
+        "One dtype policy: router parameters stay float32 whatever the model is cast to (before or after `moefy`)."
+        super()._apply(fn, recurse)
+        for p in self.parameters():
+            if p.is_floating_point() and p.dtype != torch.float32:
+                p.data = p.data.float()
+                if p.grad is not None: p.grad = p.grad.float()
+        return self
+
     def extra_repr(self):
         s = f"in_features={self.in_features}, n_experts={self.n_experts}, k={self.k}, level={self.level!r}"
         if self.level == "task": s += f", n_tasks={self.n_tasks}, task_dim={self.task_dim}"
@@ -241,27 +282,82 @@ class Router(nn.Module):
                ) -> Routing:
         if x.dim() != 3 or (pooled is None and self.level != "task" and x.shape[-1] != self.in_features):
             raise ValueError(f"router input has shape {tuple(x.shape)}: expected (batch, seq_len, in_features={self.in_features})")
+        with autocast_off(x.device.type):                                       # float32 under autocast too
+            return self._route(x, mask, task_ids, pooled, state)
+
+    def _route(self, x, mask, task_ids, pooled, state) -> Routing:
         B, L, _ = x.shape
         mask = check_mask(mask, B, L)
-        group = None
+        dev = x.device
+        real = mask.float() if mask is not None else None                           # (B, L) 1 = real token
+        per_row = real.sum(1) if real is not None else x.new_full((B,), float(L), dtype=torch.float32)   # (B,) real tokens
+        rows = torch.arange(B, device=dev)
         if pooled is not None and self.level == "sequence":
             if tuple(pooled.shape) != (B, self.in_features):
                 raise ValueError(f"pooled has shape {tuple(pooled.shape)}: expected (batch={B}, {self.in_features})")
             index, gates, aux = self.gate(pooled, x.new_ones(B, dtype=torch.float32))
-            return Routing(index, gates, None, aux, self.level)
+            groups = Groups(rows[:, None].expand(B, L), per_row, row=rows)
+            return Routing(index, gates, None, aux, self.level, groups=groups)
         if self.level == "sequence" and self.segment_len:
             inputs, first, layout, new_state = causal_segments(x, mask, self.segment_len, state)
             u = torch.where(first[:, None], self.first_input.float().expand_as(inputs), inputs)
             index, gates, aux = self.gate(u, layout.n_real)
-            return Routing(index, gates, None, aux, self.level, layout, new_state)
+            groups = Groups(layout.group, layout.n_real, slot=layout.slot, length=layout.length)
+            return Routing(index, gates, None, aux, self.level, layout, new_state, groups)
+        group = None
         if self.level == "token":
             u = x.reshape(B * L, x.shape[-1])
-            row_weight = mask.reshape(-1).float() if mask is not None else x.new_ones(B * L, dtype=torch.float32)
+            row_weight = real.reshape(-1) if real is not None else x.new_ones(B * L, dtype=torch.float32)
+            groups = Groups(torch.arange(B * L, device=dev).view(B, L), row_weight)
         elif self.level == "sequence":
             u, row_weight = masked_mean(x, mask), x.new_ones(B, dtype=torch.float32)
+            groups = Groups(rows[:, None].expand(B, L), per_row, row=rows)
         else:
             t = check_task_ids(task_ids, B, self.n_tasks, x.device)
             tasks, group = torch.unique(t, return_inverse=True)                 # G distinct tasks
             u, row_weight = self.task_embed[tasks], torch.bincount(group, minlength=len(tasks)).float()
+            n_real = per_row.new_zeros(len(tasks)).index_add_(0, group, per_row)
+            groups = Groups(group[:, None].expand(B, L), n_real, row=group)
         index, gates, aux = self.gate(u, row_weight)
-        return Routing(index, gates, group, aux, self.level)
+        return Routing(index, gates, group, aux, self.level, groups=groups)
+
+# %% ../nbs/01_routing.ipynb #f315a06a
+@dataclass(frozen=True, eq=False)
+class CallContext:
+    "Routing inputs of one call of a converted model (or of one of its stacks): built when the call starts, then only read."
+    owner: object                          # whose call: a converted model's or a stack's settings object
+    parent: "CallContext | None" = None    # the enclosing call (the model's, for a stack)
+    mask: Tensor | None = None             # (B, T_past + T) attention mask of the stack call
+    shape: tuple | None = None             # (B, T): the tokens of the stack call
+    task_ids: Tensor | None = None         # (B,) long: validated task ids of the model call
+    pooled: Tensor | None = None           # (B, d) router input of cross-routed layers (pooled encoder states)
+    cache: object = None                   # the generation cache of the call
+    past: int = 0                          # tokens already in the cache
+    states: MappingProxyType | None = None  # prefix sums carried in by the cache (read only)
+    new_states: dict = field(default_factory=dict)  # this call's prefix sums, for the next step
+    aux_scale: float = 1.0                 # weight of the aux loss's gradient (1 / gradient accumulation steps)
+
+    def find(self, owner) -> "CallContext | None":
+        "The innermost context of `owner` in this chain, or None."
+        c = self
+        while c is not None and c.owner is not owner: c = c.parent
+        return c
+
+_CALL: ContextVar = ContextVar("meo_call", default=None)
+_RECOMPUTE: ContextVar = ContextVar("meo_recompute", default=False)
+
+def current_call(owner=None) -> CallContext | None:
+    "The context of the running call (of `owner`'s innermost call if given), or None outside any call."
+    c = _CALL.get()
+    return c if owner is None or c is None else c.find(owner)
+
+def recomputing() -> bool:
+    "True while a checkpointed segment is recomputed in backward (routing statistics are then not counted again)."
+    return _RECOMPUTE.get()
+
+@contextmanager
+def call_scope(ctx: CallContext | None, recompute: bool = False):
+    "Run under the call context `ctx` (restoring the previous one afterwards)."
+    tok, rtok = _CALL.set(ctx), _RECOMPUTE.set(recompute)
+    try: yield ctx
+    finally: _RECOMPUTE.reset(rtok); _CALL.reset(tok)

@@ -8,7 +8,7 @@ import json, os, sys
 import torch
 import torch.distributed as dist
 from transformers import Trainer
-from .convert import aux_loss, expert_usage
+from .convert import aux_loss, expert_usage, set_aux_scale
 
 # %% auto #0
 __all__ = ['MEOTrainer', 'ddp_check']
@@ -26,12 +26,15 @@ class MEOTrainer(Trainer):
         if "task_ids" not in self._signature_columns: self._signature_columns.append("task_ids")
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        inner = self.accelerator.unwrap_model(model)
+        steps = getattr(self, "current_gradient_accumulation_steps", 1) or 1
+        if model.training and hasattr(inner, "_meo_context"): set_aux_scale(inner, 1 / steps)   # the aux gradient's weight
         loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
         if model.training:
-            aux = aux_loss(self.accelerator.unwrap_model(model)).to(loss.dtype)
+            aux = aux_loss(inner).to(loss.dtype)            # a value: its gradient already flows through the layers
             scaled = self.loss_is_scaled_for_ga if self.loss_is_scaled_for_ga is not None else (
                 (self.model_accepts_loss_kwargs and num_items_in_batch is not None) or self.compute_loss_func is not None)
-            loss = loss + (aux / self.current_gradient_accumulation_steps if scaled else aux)
+            loss = loss + (aux / steps if scaled else aux)
             self._aux_total += float(aux.detach()); self._aux_steps += 1
         return (loss, outputs) if return_outputs else loss
 
