@@ -11,6 +11,7 @@ from .core import MEOConfig, METHODS, LEVELS
 from .routing import Router, Routing, masked_mean
 from .layers import MoELinear, MEOLinear, TokenAttention, merged_linear, merge_experts
 from .convert import moefy, aux_loss, from_pretrained, to_dense, set_task_ids, expert_usage, find_ffn
+import meo.triton   # registers the layers' 'triton' backend (the default on CUDA where Triton can be imported)
 
 def __getattr__(name):  # the Trainer integration imports transformers.Trainer: only when asked for
     if name == "MEOTrainer":

@@ -4,7 +4,7 @@
 
 # %% ../nbs/12_triton.ipynb #14b0dc66
 from __future__ import annotations
-import math, os
+import functools, math, os
 from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
@@ -24,7 +24,7 @@ except Exception as e:                 # not installed, or a build that cannot l
 __all__ = ['GPU_BLOCKS', 'TEST_BLOCKS', 'MM_CONFIGS', 'GRAD_CONFIGS', 'BACKWARDS', 'SELECT_BLOCK', 'SHARED_BYTES', 'BACKENDS',
            'FUSED_DTYPES', 'MOE_BACKENDS', 'merged_linear_ref', 'on_support', 'merged_linear_torch', 'select_experts',
            'available', 'unavailable_reason', 'merged_linear_fused', 'merged_linear_select', 'compile_check',
-           'Roofline', 'merged_bounds', 'choose', 'merged_linear', 'moe_ref', 'moe_grouped']
+           'Roofline', 'merged_bounds', 'choose', 'merged_linear', 'layer_backend', 'moe_ref', 'moe_grouped']
 
 # %% ../nbs/12_triton.ipynb #b46ac431
 def _groups(group: Tensor | None, B: int, G: int, device) -> Tensor:
@@ -235,12 +235,27 @@ def _interpreted() -> bool:
     "Are this module's kernels Triton-interpreted (TRITON_INTERPRET=1 when it was imported)?"
     return triton is not None and type(_merged_mm_kernel).__name__ == "InterpretedFunction"
 
+@functools.lru_cache(maxsize=None)
+def _interpreter_fault() -> str | None:
+    "Why Triton's interpreter fails in this process, or None: it must be chosen before anything imports triton."
+    global _PROBING
+    _PROBING = True
+    try:   # triton imported earlier without TRITON_INTERPRET (torch.compile imports it) keeps compiled helpers: run one launch
+        merged_linear_fused(torch.ones(1, 2, 8), torch.ones(2, 3, 8), None, torch.tensor([[1., 0.]]), k=1)
+        return None
+    except Exception as e:
+        return (f"Triton's interpreter fails in this process ({type(e).__name__}): triton was imported before "
+                f"TRITON_INTERPRET=1 was set (torch.compile imports it); set it before anything imports triton")
+    finally: _PROBING = False
+
+_PROBING = False   # True while `_interpreter_fault` runs its launch
+
 def available(device="cuda") -> bool:
     "Can the fused kernel run on tensors of `device`: Triton imported and a CUDA device, or CPU tensors with Triton's interpreter."
     if triton is None: return False
     dev = torch.device(device)
     if dev.type == "cuda": return torch.cuda.is_available() and not _interpreted()
-    return dev.type == "cpu" and _interpreted() and _version() >= (3, 7)
+    return dev.type == "cpu" and _interpreted() and _version() >= (3, 7) and (_PROBING or _interpreter_fault() is None)
 
 def _version() -> tuple:
     return tuple(int(p) for p in triton.__version__.split(".")[:2] if p.isdigit())
@@ -251,6 +266,7 @@ def unavailable_reason(device="cuda") -> str | None:
     if available(device): return None
     dev = torch.device(device)
     if dev.type == "cuda": return "no CUDA device" if not torch.cuda.is_available() else "kernels were interpreted (TRITON_INTERPRET=1 at import)"
+    if dev.type == "cpu" and _interpreted() and _version() >= (3, 7): return _interpreter_fault()
     if dev.type == "cpu" and _interpreted():
         return f"triton {triton.__version__}'s interpreter fails with NumPy 2 (checked: 3.6 fails; 3.7.1, 3.8 and 3.9 work): pip install 'triton>=3.7'"
     return f"{dev.type} tensors need Triton's interpreter: set TRITON_INTERPRET=1 before importing triton"
@@ -502,6 +518,17 @@ def merged_linear(x: Tensor, weight: Tensor, bias: Tensor | None, gates: Tensor,
     if backend == "fused": return merged_linear_fused(x, weight, bias, gates, group, k)
     if backend == "select": return merged_linear_select(x, weight, bias, gates, group, k)
     return merged_linear_torch(x, weight, bias, gates, group)
+
+# %% ../nbs/12_triton.ipynb #e44039a6
+from .kernels import register_backend, DEFAULT_BACKEND, dense_gates
+
+def layer_backend(x: Tensor, weight: Tensor, bias: Tensor | None, index: Tensor, gate: Tensor, group: Tensor | None = None,
+                  path: str = "auto", **cpu_options) -> Tensor:
+    "`meo.kernels.merged_product`'s contract (index, gate: (G, k)) -> `merged_linear` with the path `path`."
+    return merged_linear(x, weight, bias, dense_gates(index, gate, weight.shape[0]), group, backend=path, k=index.shape[1])
+
+register_backend("triton", layer_backend)
+if triton is not None: DEFAULT_BACKEND.setdefault("cuda", "triton")
 
 # %% ../nbs/12_triton.ipynb #4a587e55
 MOE_BACKENDS = ("auto", "grouped_mm", "sorted")
