@@ -14,7 +14,7 @@ from .triton import (Roofline, merged_bounds, merged_linear, moe_grouped, availa
 
 # %% auto #0
 __all__ = ['METHODS', 'best_seconds', 'measure_roofline', 'make_block', 'block_fn', 'block_bound', 'bench_layer', 'write_csv',
-           'main']
+           'main', 'bench_model']
 
 # %% ../nbs/13_bench_cuda.ipynb #bf7dfebd
 def _sync(device):
@@ -148,6 +148,7 @@ def main(argv=None):
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--l2-bw", type=float, default=None, help="L2 bytes/s for the fused bound (default: Roofline's guess)")
     p.add_argument("--dry-run", action="store_true", help="tiny shapes, one repeat: checks that the script runs (CPU is fine)")
+    p.add_argument("--model", action="store_true", help="also whole models: BERT-base forward/training, GPT-2 generate()")
     a = p.parse_args(argv)
     dtype = getattr(torch, a.dtype)
     if torch.device(a.device).type == "cuda" and not torch.cuda.is_available():
@@ -167,6 +168,65 @@ def main(argv=None):
     name = "bench_layer_cuda_dryrun.csv" if a.dry_run else "bench_layer_cuda.csv"
     path = write_csv(rows, Path(a.out) / name)
     print("wrote", path)
+    if a.model:
+        mrows = bench_model(a.device, dtype, ks=a.ks,
+                            repeats=1 if a.dry_run else a.repeats, dry_run=a.dry_run)
+        for row in mrows:
+            print(f"{row['model']:9s} {row['method']:5s} k={row['k'] or '-'!s:>2s} {row['pass_']:8s} {row['per_s']:10.1f} "
+                  f"{row['unit']}/s  x{row['vs_dense']:.2f} dense")
+        print("wrote", write_csv(mrows, Path(a.out) / ("bench_model_cuda_dryrun.csv" if a.dry_run else "bench_model_cuda.csv")))
     return rows
 
-if __name__ == "__main__" and "get_ipython" not in globals(): main()
+# %% ../nbs/13_bench_cuda.ipynb #faab3764
+def _model_configs(dry_run: bool):
+    from transformers import BertConfig, GPT2Config
+    if dry_run: return (BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=48, vocab_size=100),
+                        GPT2Config(n_embd=32, n_layer=2, n_head=2, vocab_size=100, n_positions=128))
+    return BertConfig(), GPT2Config()
+
+def bench_model(device="cuda", dtype=torch.bfloat16, ks=(1, 4, 16), n: int = 16, batch: int = 16, seq_len: int = 128,
+                gen_batch: int = 8, prompt: int = 32, new_tokens: int = 32, repeats: int = 5, dry_run: bool = False) -> list[dict]:
+    "Samples/s of a whole BERT-base (forward, training step) and tokens/s of a GPT-2's generate(): dense, MoE, MEO."
+    import copy
+    from transformers import BertForSequenceClassification, GPT2LMHeadModel
+    from meo.convert import moefy
+    bert_cfg, gpt_cfg = _model_configs(dry_run)
+    n = min(n, 4) if dry_run else n
+    variants = [("dense", None)] + [(m, k) for k in ks if k <= n for m in ("moe", "meo")]
+    gen = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, bert_cfg.vocab_size, (batch, seq_len), generator=gen).to(device)
+    labels = torch.randint(0, 2, (batch,), generator=gen).to(device)
+    prompt_ids = torch.randint(0, gpt_cfg.vocab_size, (gen_batch, prompt), generator=gen).to(device)
+    rows = []
+    for arch, base in (("bert-base", BertForSequenceClassification(bert_cfg)), ("gpt2", GPT2LMHeadModel(gpt_cfg))):
+        dense_rate = {}
+        for method, k in variants:
+            model = copy.deepcopy(base)
+            if method != "dense": moefy(model, method=method, n_experts=n, k=k, level="sequence")
+            model = model.to(device=device, dtype=dtype)
+            if arch == "bert-base":
+                def fwd():
+                    with torch.no_grad(): model.eval()(input_ids=ids)
+                def train():
+                    model.train()(input_ids=ids, labels=labels).loss.backward(); model.zero_grad(set_to_none=True)
+                passes = {"forward": (fwd, batch), "train": (train, batch)}
+            else:
+                def generate():
+                    with torch.no_grad():
+                        model.eval().generate(prompt_ids, attention_mask=torch.ones_like(prompt_ids), max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
+                                              pad_token_id=0)
+                passes = {"generate": (generate, gen_batch * new_tokens)}
+            for pass_, (fn, units) in passes.items():
+                s = best_seconds(fn, device, repeats)
+                rate = units / s
+                if method == "dense": dense_rate[pass_] = rate
+                rows.append(dict(model=arch, method=method, level=None if method == "dense" else "sequence", n_experts=None
+                                 if method == "dense" else n, k=k, pass_=pass_, ms=1e3 * s, per_s=rate,
+                                 unit="tokens" if pass_ == "generate" else "samples", vs_dense=rate / dense_rate[pass_],
+                                 device=str(device), dtype=str(dtype).replace("torch.", "")))
+            del model
+            if torch.device(device).type == "cuda": torch.cuda.empty_cache()
+    return rows
+
+# %% ../nbs/13_bench_cuda.ipynb #837ad076
+if __name__ == "__main__" and "get_ipython" not in globals(): main()   # last: every function above is defined
