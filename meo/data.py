@@ -15,10 +15,10 @@ from datasets import ClassLabel, Dataset, DatasetDict, Features, Sequence, Value
 from .core import check_int
 
 # %% auto #0
-__all__ = ['CACHE_ENV', 'SOURCES', 'MANIFEST', 'SPLITS', 'COLUMNS', 'RT_NEUTRAL', 'BBC_TOPICS', 'GLUE_COLUMNS', 'TASKS',
-           'cache_dir', 'Source', 'fetch', 'split_of', 'minilm_path', 'gpt2_tokenizer_path', 'gpt2_tokenizer',
+__all__ = ['CACHE_ENV', 'SOURCES', 'MANIFEST', 'SPLITS', 'COLUMNS', 'RT_NEUTRAL', 'BBC_TOPICS', 'CLOZE_WORDS', 'GLUE_COLUMNS',
+           'TASKS', 'cache_dir', 'Source', 'fetch', 'split_of', 'minilm_path', 'gpt2_tokenizer_path', 'gpt2_tokenizer',
            'TaskInfo', 'read_rt', 'rt_sst2', 'rt_stsb', 'read_bbc', 'bbc_topic', 'bbc_xsum', 'bbc_lm', 'cloze_span',
-           'bbc_cloze', 'read_sword', 'bible_para', 'brown_lm', 'task_info', 'load_task']
+           'sentences', 'cloze_passage', 'bbc_cloze', 'read_sword', 'bible_para', 'brown_lm', 'task_info', 'load_task']
 
 # %% ../nbs/07_data.ipynb #5b119883
 CACHE_ENV = "MEO_CACHE"
@@ -506,16 +506,43 @@ def cloze_span(lead: str, context: str) -> tuple[str, int, int] | None:
                 return text, start, start + len(text)
     return None
 
-def bbc_cloze(cache: str | os.PathLike | None = None) -> DatasetDict:
-    "Cloze QA over BBC articles (synthetic questions, real text), SQuAD-style columns."
+_SENTENCE_BREAK = re.compile(r"(?:(?<=[.!?])|(?<=[.!?][\"”’]))[ \t]+(?=[\"“‘A-Z0-9])|\n")
+
+def sentences(text: str) -> list[tuple[int, int]]:
+    "(start, end) character spans of the sentences of `text`: breaks after . ! ? (or a closing quote) before a capital, digit or quote, and at line breaks."
+    spans, s = [], 0
+    for m in _SENTENCE_BREAK.finditer(text):
+        spans.append((s, m.start())); s = m.end()
+    spans.append((s, len(text)))
+    return [(a, b) for a, b in spans if b > a]
+
+CLOZE_WORDS = 80
+
+def cloze_passage(body: str, start: int, key: str, words: int = CLOZE_WORDS) -> tuple[int, int]:
+    "(start, end) in `body` of the passage around character `start`: its sentence, grown a sentence at a time (side by hash of `key`) within `words` words."
+    spans = sentences(body)
+    i = next(j for j, (a, b) in enumerate(spans) if a <= start < b)
+    n_words = lambda j: len(body[spans[j][0]:spans[j][1]].split())
+    lo = hi = i
+    n, h = n_words(i), int(hashlib.sha256(f"cloze|{key}".encode()).hexdigest(), 16)
+    while True:
+        sides = [j for j in (lo - 1, hi + 1) if 0 <= j < len(spans) and n + n_words(j) <= words]
+        if not sides: break
+        j = sides[h % len(sides)]; h //= 2
+        n += n_words(j); lo, hi = min(lo, j), max(hi, j)
+    return spans[lo][0], spans[hi][1]
+
+def bbc_cloze(cache: str | os.PathLike | None = None, words: int = CLOZE_WORDS) -> DatasetDict:
+    "Cloze QA over BBC articles (synthetic questions, real text), SQuAD-style columns: contexts are passages of `words` words at most."
     rows = []
     for r in read_bbc(cache):
         span = cloze_span(r["lead"], r["body"])
         if span is None: continue
         text, s, e = span
         start = re.search(rf"(?<!\w){re.escape(text)}(?!\w)", r["body"]).start()
-        rows.append({"id": r["id"], "question": r["lead"][:s] + "@placeholder" + r["lead"][e:], "context": r["body"],
-                     "answers": {"text": [text], "answer_start": [start]}, "lead": r["lead"]})
+        a, b = cloze_passage(r["body"], start, r["id"], words)
+        rows.append({"id": r["id"], "question": r["lead"][:s] + "@placeholder" + r["lead"][e:], "context": r["body"][a:b],
+                     "answers": {"text": [text], "answer_start": [start - a]}, "lead": r["lead"]})
     return _make_splits(rows, "bbc", _bbc_key, _features("qa"))
 
 # %% ../nbs/07_data.ipynb #1b3b3ae1

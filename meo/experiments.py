@@ -19,9 +19,10 @@ __all__ = ['MODELS', 'METRICS', 'TASK_TYPES', 'TASK_TYPE_MODULES', 'PROTOCOL', '
            'GLUE_TASKS', 'PAPER_GLUE_TASKS', 'GLUE_SEEDS', 'GLUE_KS', 'SMOKE', 'GLUE_VARIANTS', 'GRID_AXES',
            'RESULT_COLUMNS', 'PAPER_ABSTRACT', 'LEVEL_COLORS', 'METHOD_NAMES', 'LOCAL_RESULTS', 'ModelSpec',
            'model_spec', 'check_hub', 'task_score', 'TaskType', 'register_task_type', 'task_type', 'SequenceTask',
-           'RunConfig', 'make_config', 'config_dict', 'config_hash', 'run_path', 'read_run', 'summary', 'run',
-           'apply_axes', 'glue_grid', 'default_jobs', 'run_grid', 'results_frame', 'glue_summary', 'glue_table',
-           'routing_frame', 'plot_vs_k', 'plot_usage', 'format_table', 'glue', 'tables', 'list_text', 'cli', 'main']
+           'RunConfig', 'make_config', 'config_dict', 'config_hash', 'run_path', 'training_arguments', 'read_run',
+           'summary', 'run', 'apply_axes', 'glue_grid', 'default_jobs', 'run_grid', 'results_frame', 'glue_summary',
+           'glue_table', 'routing_frame', 'plot_vs_k', 'plot_usage', 'format_table', 'glue', 'tables', 'list_text',
+           'cli', 'main']
 
 # %% ../nbs/08_experiments.ipynb #d0b51a35
 @dataclass(frozen=True)
@@ -365,6 +366,18 @@ def _versions() -> dict:
     return {"meo": meo.__version__, "torch": torch.__version__, "transformers": transformers.__version__,
             "python": sys.version.split()[0]}
 
+def training_arguments(cfg: RunConfig, output_dir: str, logging_steps: int = 1, progress: bool = True):
+    "The `TrainingArguments` of a run: AdamW, linear decay to 0 without warm-up, batches grouped by length, nothing saved."
+    from transformers import TrainingArguments
+    return TrainingArguments(
+        output_dir=output_dir, learning_rate=cfg.lr, weight_decay=cfg.weight_decay, lr_scheduler_type="linear",
+        warmup_steps=0, optim="adamw_torch_fused", per_device_train_batch_size=cfg.batch,
+        per_device_eval_batch_size=cfg.eval_batch, num_train_epochs=cfg.epochs,
+        max_steps=cfg.steps if cfg.steps else -1, seed=cfg.seed, data_seed=cfg.seed,
+        train_sampling_strategy="group_by_length", logging_steps=logging_steps, save_strategy="no",
+        eval_strategy="no", report_to=[], disable_tqdm=not progress, dataloader_num_workers=0,
+        dataloader_pin_memory=torch.cuda.is_available(), average_tokens_across_devices=False)
+
 def _train_and_evaluate(cfg: RunConfig, progress: bool = True) -> dict:
     import datasets
     t0 = time.perf_counter()
@@ -373,7 +386,7 @@ def _train_and_evaluate(cfg: RunConfig, progress: bool = True) -> dict:
     limits = {s: n for s, n in (("train", cfg.max_examples), (cfg.eval_split, cfg.max_eval_examples)) if n is not None}
     dsd = load_task(cfg.task, max_examples=limits or None)
     check_hub(cfg.model)                          # before the Trainer's slow import: an unreachable hub fails at once
-    from transformers import TrainingArguments, set_seed
+    from transformers import set_seed
     from transformers.trainer_callback import PrinterCallback
     from meo.convert import moefy
     from meo.train import MEOTrainer
@@ -395,14 +408,7 @@ def _train_and_evaluate(cfg: RunConfig, progress: bool = True) -> dict:
     steps_per_epoch = math.ceil(len(train) / cfg.batch)
     total = cfg.steps if cfg.steps is not None else math.ceil(steps_per_epoch * cfg.epochs)
     with tempfile.TemporaryDirectory(prefix="meo-run-") as tmp:
-        args = TrainingArguments(
-            output_dir=tmp, learning_rate=cfg.lr, weight_decay=cfg.weight_decay, lr_scheduler_type="linear",
-            warmup_steps=0, optim="adamw_torch_fused", per_device_train_batch_size=cfg.batch,
-            per_device_eval_batch_size=cfg.eval_batch, num_train_epochs=cfg.epochs,
-            max_steps=cfg.steps if cfg.steps else -1, seed=cfg.seed, data_seed=cfg.seed,
-            train_sampling_strategy="group_by_length", logging_steps=max(1, total // 10), save_strategy="no",
-            eval_strategy="no", report_to=[], disable_tqdm=not progress, dataloader_num_workers=0,
-            dataloader_pin_memory=torch.cuda.is_available(), average_tokens_across_devices=False)
+        args = training_arguments(cfg, tmp, logging_steps=max(1, total // 10), progress=progress)
         trainer = MEOTrainer(model=model, args=args, train_dataset=train, eval_dataset=evald,
                              data_collator=tt.collator(tok, cfg), compute_metrics=tt.compute_metrics(info),
                              processing_class=tok)

@@ -13,15 +13,15 @@ from .core import METHODS, LEVELS, check_choice
 from .data import task_info, load_task, minilm_path, gpt2_tokenizer_path
 from .convert import moefy, set_task_ids
 from .experiments import (TaskType, ModelSpec, MODELS, make_config, model_spec, task_type, run, run_grid,
-                             results_frame, config_hash, apply_axes, _order, _quiet_transformers, LEVEL_COLORS, METHOD_NAMES)
+                             results_frame, config_hash, apply_axes, _order, _quiet_transformers, _load, LEVEL_COLORS, METHOD_NAMES)
 
 # %% auto #0
 __all__ = ['ROUGE_TYPES', 'GPT2_MINI', 'MODEL_SPECS', 'GENERATION_PROBE', 'ADAPTERS', 'TABLE_SEEDS', 'TABLE_VARIANTS', 'TABLES',
            'SPEED_COLUMNS', 'SPEED_STATS', 'token_nll', 'perplexity', 'normalize_answer', 'exact_match', 'qa_f1',
-           'rouge', 'gpt2_mini_config', 'encoder_decoder_from', 'CausalLMTask', 'target_ids', 'generation_kwargs',
-           'Seq2SeqTask', 'seq2seq_cost', 'QATask', 'scramble_routing', 'generation_check', 'Table', 'table_grid',
-           'speed_frame', 'table_stats', 'table_text', 'plot_table', 'settings_table', 'table', 'size_table',
-           'preset_rows', 'estimate_table']
+           'rouge', 'gpt2_mini_config', 'encoder_decoder_from', 'ordered_batches', 'CausalLMTask', 'target_ids',
+           'generation_kwargs', 'Seq2SeqTask', 'seq2seq_cost', 'generates_answers', 'best_spans', 'QATask',
+           'scramble_routing', 'generation_check', 'Table', 'table_grid', 'speed_frame', 'table_stats', 'table_text',
+           'plot_table', 'settings_table', 'table', 'size_table', 'preset_rows', 'estimate_table']
 
 # %% ../nbs/09_tasks.ipynb #d2e76e6c
 def token_nll(logits: torch.Tensor,   # (B, T, V) logits of a causal LM
@@ -115,6 +115,13 @@ def _fingerprint(ds, *parts) -> str:
     "An explicit `datasets` fingerprint (hashing the tokenizer itself costs ~0.3 s per call)."
     return hashlib.sha256("|".join(map(str, (ds._fingerprint,) + parts)).encode()).hexdigest()[:16]
 
+def ordered_batches(trainer, ds):
+    "The evaluation batches of `ds` in the order of its rows, collated by the trainer, not yet on its device."
+    from torch.utils.data import DataLoader, SequentialSampler
+    data = trainer._remove_unused_columns(ds, description="evaluation")
+    return DataLoader(data, batch_size=trainer.args.eval_batch_size, sampler=SequentialSampler(data),
+                      collate_fn=trainer.data_collator, num_workers=0)
+
 def _with_task_ids(model, task_ids):
     "A context in which generate() routes task-level layers with `task_ids` (generate() passes no extra inputs)."
     class _Ctx:
@@ -161,7 +168,7 @@ class CausalLMTask(TaskType):
         model = trainer.model.eval()
         nll, n, t0 = 0.0, 0, time.perf_counter()
         with torch.no_grad():
-            for batch in trainer.get_eval_dataloader(ds):
+            for batch in ordered_batches(trainer, ds):
                 batch = trainer._prepare_inputs(batch)
                 labels = batch.pop("labels")
                 s, c = token_nll(model(**batch).logits, labels)
@@ -251,7 +258,7 @@ class Seq2SeqTask(TaskType):
         pad = model.generation_config.pad_token_id
         texts, logp, new_tokens, t0 = [], [], 0, time.perf_counter()
         with torch.no_grad():
-            for batch in trainer.get_eval_dataloader(ds):
+            for batch in ordered_batches(trainer, ds):
                 batch = trainer._prepare_inputs(batch)
                 batch.pop("labels", None); tids = batch.pop("task_ids", None)
                 with _with_task_ids(model, tids):
@@ -304,12 +311,33 @@ def _cut(texts: list[str], tok, n: int) -> list[str]:
     enc = tok(texts, add_special_tokens=False, return_offsets_mapping=True)
     return [t if len(ids) <= n else t[:offs[n - 1][1]] for t, ids, offs in zip(texts, enc["input_ids"], enc["offset_mapping"])]
 
+def generates_answers(spec: ModelSpec, name: str = "") -> bool:
+    "Whether the model of `spec` is an encoder-decoder (answers are generated) rather than an encoder (answers are extracted)."
+    if spec.build is not None:
+        with _quiet_transformers(): return bool(spec.build().config.is_encoder_decoder)
+    if spec.config is not None: return bool(spec.config().is_encoder_decoder)
+    from transformers import AutoConfig
+    return bool(_load(lambda: AutoConfig.from_pretrained(spec.weights()), name, "config").is_encoder_decoder)
+
+def best_spans(start: torch.Tensor,     # (B, T) start logits
+               end: torch.Tensor,       # (B, T) end logits
+               context: torch.Tensor,   # (B, T) bool: the token belongs to the context
+               max_tokens: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    "(first token, last token, score s_i + e_j) of the best context span of each row, at most `max_tokens` long."
+    T = start.shape[1]
+    i, j = torch.arange(T)[:, None], torch.arange(T)[None, :]
+    ok = (j >= i) & (j - i < max_tokens)                                         # (T, T)
+    ok = ok.to(start.device) & context[:, :, None] & context[:, None, :]       # (B, T, T)
+    score = (start.float()[:, :, None] + end.float()[:, None, :]).masked_fill(~ok, float("-inf"))
+    best = score.flatten(1).max(1)
+    return best.indices // T, best.indices % T, best.values
+
 class QATask(Seq2SeqTask):
-    "Question answering as seq2seq (T5 style): question + context window -> answer; exact match and F1."
+    "Question answering: extractive (encoders, a span head) or generative (encoder-decoders, T5 style); exact match and F1."
     kinds = ("qa",)
     presets = {
-        "offline": dict(model="minilm2minilm", lr=2e-4, epochs=1.0, steps=None, batch=8, eval_batch=16,
-                        max_examples=360, max_eval_examples=64, max_length=160, stride=None, weight_decay=0.1,
+        "offline": dict(model="minilm", lr=2e-4, epochs=1.0, steps=None, batch=16, eval_batch=32,
+                        max_examples=640, max_eval_examples=None, max_length=128, stride=32, weight_decay=0.1,
                         max_target_length=16, min_target_length=None, num_beams=None, no_repeat_ngram_size=None,
                         n_experts=8, k=8, level="sequence"),
         "paper": dict(model="t5-small", lr=3e-5, epochs=2.0, steps=None, batch=12, eval_batch=32, max_examples=None,
@@ -317,40 +345,84 @@ class QATask(Seq2SeqTask):
                       min_target_length=None, num_beams=None, no_repeat_ngram_size=None, n_experts=8, k=8,
                       level="sequence"),
     }
+    _generative: dict = {}                      # model name -> generates_answers (read once per process)
+
+    def generative(self, cfg) -> bool:
+        if cfg.model not in self._generative:
+            spec = MODEL_SPECS.get(cfg.model) or model_spec(cfg.model)
+            self._generative[cfg.model] = generates_answers(spec, cfg.model)
+        return self._generative[cfg.model]
+
+    def load_model(self, spec, info, name: str = ""):
+        if generates_answers(spec, name): return super().load_model(spec, info, name)
+        import transformers
+        if spec.config is not None: return transformers.AutoModelForQuestionAnswering.from_config(spec.config())
+        return _load(lambda: transformers.AutoModelForQuestionAnswering.from_pretrained(spec.weights()), name, "weights")
+
+    def collator(self, tok, cfg):
+        if self.generative(cfg): return super().collator(tok, cfg)
+        from transformers import DataCollatorWithPadding
+        return DataCollatorWithPadding(tok)
 
     def preprocess(self, ds, tok, info, cfg, task_ids: bool, training: bool = False):
-        tl, windows = cfg.max_target_length or 32, cfg.stride is not None
+        gen, tl, windows = self.generative(cfg), cfg.max_target_length or 32, cfg.stride is not None
         def encode(batch, indices):
-            qs = ["question: " + q.strip() for q in batch["question"]]
+            qs = [("question: " if gen else "") + q.strip() for q in batch["question"]]
             qs = _cut(qs, tok, (cfg.max_length - (cfg.stride or 0)) // 2)
-            cs = ["context: " + c.strip() for c in batch["context"]]
+            pre = "context: " if gen else ""
+            cs = [pre + c for c in batch["context"]]
             enc = tok(qs, cs, truncation="only_second", max_length=cfg.max_length, stride=cfg.stride or 0,
-                      return_overflowing_tokens=windows, return_offsets_mapping=True, return_token_type_ids=False)
+                      return_overflowing_tokens=windows, return_offsets_mapping=True, return_token_type_ids=not gen)
             rows = enc.pop("overflow_to_sample_mapping", list(range(len(qs))))
-            out = {"input_ids": [], "attention_mask": [], "labels": [], "length": [], "example": [], "references": []}
+            keys = ["input_ids", "attention_mask"] + (["token_type_ids"] if "token_type_ids" in enc else [])
+            out = {k: [] for k in keys + ["length", "example", "references"]}
+            out.update({"labels": []} if gen else {"start_positions": [], "end_positions": [], "offsets": [], "context": []})
             for w, i in enumerate(rows):
                 ans = batch["answers"][i]
-                if training:                                  # keep the windows that hold the (first) answer span
-                    c = batch["context"][i]
-                    shift = len("context: ") - (len(c) - len(c.lstrip()))
-                    s = ans["answer_start"][0] + shift
-                    e = s + len(ans["text"][0])
-                    span = [o for o, sid in zip(enc["offset_mapping"][w], enc.sequence_ids(w)) if sid == 1]
-                    if not span or not (span[0][0] <= s and e <= span[-1][1]): continue
-                out["input_ids"].append(enc["input_ids"][w]); out["attention_mask"].append(enc["attention_mask"][w])
-                out["labels"].append(target_ids(tok, [ans["text"][0]], tl)[0])
+                s = ans["answer_start"][0] + len(pre)                  # the answer's characters in the encoded context
+                e = s + len(ans["text"][0])
+                offs = [o if sid == 1 else None for o, sid in zip(enc["offset_mapping"][w], enc.sequence_ids(w))]
+                ctx = [t for t, o in enumerate(offs) if o is not None]
+                inside = bool(ctx) and offs[ctx[0]][0] <= s and e <= offs[ctx[-1]][1]
+                if training and not inside: continue             # keep the windows that hold the (first) answer span
+                for k in keys: out[k].append(enc[k][w])
                 out["length"].append(len(enc["input_ids"][w])); out["example"].append(indices[i])
                 out["references"].append(list(ans["text"]))
+                if gen: out["labels"].append(target_ids(tok, [ans["text"][0]], tl)[0]); continue
+                first = next((t for t in ctx if offs[t][1] > s), 0) if inside else 0
+                last = next((t for t in reversed(ctx) if offs[t][0] < e), 0) if inside else 0
+                out["start_positions"].append(first); out["end_positions"].append(last)
+                out["offsets"].append([list(o) if o is not None else [-1, -1] for o in offs])
+                out["context"].append(cs[i])
             if task_ids: out["task_ids"] = [cfg.task_id] * len(out["length"])
             return out
         return ds.map(encode, batched=True, with_indices=True, remove_columns=ds.column_names,
-                      new_fingerprint=_fingerprint(ds, tok.name_or_path, cfg.max_length, cfg.stride, tl, training,
+                      new_fingerprint=_fingerprint(ds, tok.name_or_path, cfg.max_length, cfg.stride, tl, training, gen,
                                                    task_ids and cfg.task_id))
 
+    def extract(self, trainer, ds, cfg) -> dict:
+        "The best span of every window of `ds`: its text and score (s_i + e_j), the time taken."
+        model, texts, scores, t0 = trainer.model.eval(), [], [], time.perf_counter()
+        offsets, contexts, w = ds["offsets"], ds["context"], 0
+        with torch.no_grad():
+            for batch in ordered_batches(trainer, ds):
+                batch = trainer._prepare_inputs(batch)
+                for k in ("start_positions", "end_positions"): batch.pop(k, None)
+                out = model(**batch)
+                T = out.start_logits.shape[1]
+                offs = [offsets[w + b][:T] + [[-1, -1]] * (T - len(offsets[w + b])) for b in range(len(out.start_logits))]
+                is_ctx = torch.tensor([[o[0] >= 0 for o in row] for row in offs], device=out.start_logits.device)
+                first, last, score = best_spans(out.start_logits, out.end_logits, is_ctx, cfg.max_target_length or 30)
+                for b, (i, j) in enumerate(zip(first.tolist(), last.tolist())):
+                    texts.append(contexts[w + b][offs[b][i][0]:offs[b][j][1]])
+                scores += score.tolist()
+                w += len(offs)
+        return {"texts": texts, "logp": scores, "runtime_s": time.perf_counter() - t0}
+
     def evaluate(self, trainer, ds, info, cfg) -> tuple[dict, dict]:
-        examples = ds["example"]
+        examples, gen = ds["example"], self.generative(cfg)
         several = len(set(examples)) < len(examples)
-        g = self.generate(trainer, ds, cfg, scores=several)
+        g = self.generate(trainer, ds, cfg, scores=several) if gen else self.extract(trainer, ds, cfg)
         best = {}                                             # example -> (score, window)
         for w, ex in enumerate(examples):
             score = g["logp"][w] if several else 0.0
@@ -361,9 +433,21 @@ class QATask(Seq2SeqTask):
         refs = [refs[best[ex][1]] for ex in order]
         metrics = {"exact_match": float(np.mean([exact_match(p, r) for p, r in zip(preds, refs)])),
                    "f1": float(np.mean([qa_f1(p, r) for p, r in zip(preds, refs)]))}
+        if not gen:
+            return metrics, {"eval_runtime": g["runtime_s"], "eval_samples_per_second": len(order) / g["runtime_s"],
+                             "eval_examples": len(order), "predictions": preds, "windows": len(examples)}
         stats = self._stats(g, len(order), preds)
         stats["generate"]["windows"] = len(examples)
         return metrics, stats
+
+    def flops(self, model, cfg, seq_len: int, ds=None) -> float | None:
+        "Forward GFLOPs of one window: generative as `Seq2SeqTask`; extractive: the encoder (a BERT) and its span head."
+        if getattr(model.config, "is_encoder_decoder", False): return super().flops(model, cfg, seq_len, ds)
+        from meo.flops import bert_cost
+        if getattr(model.config, "model_type", None) != "bert": return None
+        expert = {} if cfg.method == "dense" else dict(n_experts=cfg.n_experts, k=cfg.k, level=cfg.level)
+        c = bert_cost(model.config, batch=1, seq_len=max(1, seq_len), method=cfg.method, head=None, **expert)
+        return c.gflops + 2 * 2 * seq_len * model.config.hidden_size / 1e9
 
 ADAPTERS = [CausalLMTask(), Seq2SeqTask(), QATask()]
 
@@ -492,7 +576,7 @@ def plot_table(df, speed=None, title: str = "", path=None):
     import matplotlib; import matplotlib.pyplot as plt
     mean, std = table_stats(df, speed)
     metrics = list(dict.fromkeys(df.metric))
-    panels = metrics + ([c for c in ("train_samples_per_s", "gen_tokens_per_s") if c in mean.columns])
+    panels = metrics + [c for c in ("train_samples_per_s", "gen_tokens_per_s") if c in mean.columns and mean[c].notna().any()]
     labels = {"train_samples_per_s": "training samples/s", "gen_tokens_per_s": "generated tokens/s",
               "perplexity": "perplexity (lower is better)"}
     fig, axes = plt.subplots(1, len(panels), figsize=(3.0 * len(panels), 3.1), squeeze=False, layout="constrained")
