@@ -36,11 +36,11 @@ def _csv(name):
 
 def _glue():
     import meo.experiments as E
-    return E.glue_table(_csv("glue_offline.csv"))
+    return E.summary_table("glue", _csv("glue_offline.csv"))
 
 def _task(name):
-    import meo.tasks as T
-    return T.table_text(*T.table_stats(_csv(f"{name}_offline.csv"), _csv(f"{name}_offline_speed.csv")), digits=1)
+    import meo.experiments as E
+    return E.summary_table(name, _csv(f"{name}_offline.csv"), _csv(f"{name}_offline_speed.csv"))
 
 def _flops_bert():
     import pandas as pd
@@ -71,13 +71,13 @@ def _bench_model():
 
 # key: (what made the CSV, how the table is computed, the function)
 TABLES = {
-    "glue": ("`results/glue_offline.csv`, made by `meo-run glue --full`", "`meo.experiments.glue_table`", _glue),
+    "glue": ("`results/glue_offline.csv`, made by `meo-run glue --full`", "`meo.experiments.summary_table`", _glue),
     "wikitext": ("`results/wikitext_offline.csv` and `wikitext_offline_speed.csv`, made by `meo-run wikitext --full`",
-                 "`meo.tasks.table_stats` → `table_text`", lambda: _task("wikitext")),
+                 "`meo.experiments.summary_table`", lambda: _task("wikitext")),
     "squad": ("`results/squad_offline.csv` and `squad_offline_speed.csv`, made by `meo-run squad --full`",
-              "`meo.tasks.table_stats` → `table_text`", lambda: _task("squad")),
+              "`meo.experiments.summary_table`", lambda: _task("squad")),
     "xsum": ("`results/xsum_offline.csv` and `xsum_offline_speed.csv`, made by `meo-run xsum --full`",
-             "`meo.tasks.table_stats` → `table_text`", lambda: _task("xsum")),
+             "`meo.experiments.summary_table`", lambda: _task("xsum")),
     "flops-bert": ("`results/flops_bert.csv`, made by `python -m meo.flops results`",
                    "GFLOPs; MEO's merge counted as the paper's figure (`paper`) and exactly (`exact`); the MoE merges nothing", _flops_bert),
     "flops-abstract": ("`results/flops_abstract.csv`, made by `python -m meo.flops results`",
