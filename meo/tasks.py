@@ -656,7 +656,7 @@ class QATask(Seq2SeqTask):
         return self._generative[cfg.model]
 
     def load_model(self, spec, info, name: str = ""):
-        if generates_answers(spec, name): return super().load_model(spec, info, name)
+        if spec.build is not None or generates_answers(spec, name): return super().load_model(spec, info, name)
         import transformers
         if spec.config is not None: return transformers.AutoModelForQuestionAnswering.from_config(spec.config())
         return _load(lambda: transformers.AutoModelForQuestionAnswering.from_pretrained(spec.weights()), name, "weights")
