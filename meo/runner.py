@@ -71,7 +71,7 @@ class RunConfig:
 
     def __post_init__(self):
         set_ = lambda k, v: object.__setattr__(self, k, v)
-        task_type(task_info(self.task).kind)       # unknown task: ValueError with the list; loads its kind's models
+        task_type(task_info(self.task).kind)       # unknown task or a kind without adapter: ValueError with the list
         model_spec(self.model)
         check_choice("method", self.method, RUN_METHODS)
         check_choice("config", self.config, tuple(CONFIGS))
