@@ -59,15 +59,16 @@ TABLES = {
                        "not values."),
     "wikitext": Table("wikitext", ("bbc-lm",), ("wikitext-2",), "task", 2, (1, 2, 4),
                       smoke_runs=(("task", 1), ("task", 2), ("token", 2)),
-                      smoke=dict(steps=2, batch=4, eval_batch=4, max_examples=4, max_eval_examples=1, max_length=64)),
+                      smoke=dict(model="gpt2-mini", steps=2, batch=4, eval_batch=4, max_examples=4, max_eval_examples=1,
+                                 max_length=64)),
     "squad": Table("squad", ("bbc-cloze",), ("squad",), "sequence", 8, (2, 4, 8),
                    smoke_runs=(("sequence", 4), ("sequence", 8), ("token", 8)),
                    smoke=dict(steps=2, batch=4, eval_batch=8, max_examples=8, max_eval_examples=8, max_length=96,
                               max_target_length=8)),
     "xsum": Table("xsum", ("bbc-xsum",), ("xsum",), "sequence", 2, (1, 2, 4),
                   smoke_runs=(("sequence", 1), ("sequence", 2), ("token", 2)),
-                  smoke=dict(steps=2, batch=4, eval_batch=8, max_examples=8, max_eval_examples=8, max_length=64,
-                             max_target_length=12)),
+                  smoke=dict(model="test-g2g", steps=2, batch=4, eval_batch=8, max_examples=8, max_eval_examples=8,
+                             max_length=64, max_target_length=12)),
 }
 
 def _table(name: str) -> Table:

@@ -19,8 +19,9 @@ __all__ = ['MODELS', 'METRICS', 'ROUGE_TYPES', 'TASK_TYPES', 'GPT2_MINI', 'GPT2_
            'ModelSpec', 'model_spec', 'check_hub', 'task_score', 'token_nll', 'perplexity', 'normalize_answer',
            'exact_match', 'qa_f1', 'rouge', 'TaskType', 'register_task_type', 'task_type', 'SequenceTask',
            'gpt2_mini_config', 'encoder_decoder_from', 'tiny_bert_config', 'tiny_bert2bert', 'lm_blocks', 'pretrain_lm',
-           'pretrained_gpt2_mini', 'ordered_batches', 'CausalLMTask', 'target_ids', 'generation_kwargs', 'Seq2SeqTask',
-           'seq2seq_cost', 'generates_answers', 'best_spans', 'QATask', 'scramble_routing', 'generation_check']
+           'pretrained_gpt2_mini', 'gpt2_encoder_decoder', 'ordered_batches', 'CausalLMTask', 'target_ids',
+           'generation_kwargs', 'Seq2SeqTask', 'seq2seq_cost', 'generates_answers', 'best_spans', 'QATask',
+           'scramble_routing', 'generation_check']
 
 # %% ../nbs/08_tasks.ipynb #d0b51a35
 @dataclass(frozen=True)
@@ -410,6 +411,38 @@ MODELS["gpt2-mini-pretrained"] = ModelSpec(
     description="gpt2-mini pretrained once on the Brown corpus and the BBC training articles (offline; made on first "
                 "use and cached under the meo cache)")
 
+# %% ../nbs/08_tasks.ipynb #a41f526c
+def gpt2_encoder_decoder(path: str | os.PathLike | None = None, cross_from_self: bool = True, **overrides):
+    "An `EncoderDecoderModel` with GPT-2 on both sides, warm-started from the GPT-2 at `path` (None: random `gpt2-mini`, `overrides` changing its config)."
+    from transformers import EncoderDecoderConfig, EncoderDecoderModel
+    if path is None:
+        model = EncoderDecoderModel(EncoderDecoderConfig.from_encoder_decoder_configs(
+            gpt2_mini_config(**overrides), gpt2_mini_config(**overrides, is_decoder=True, add_cross_attention=True)))
+    else: model = EncoderDecoderModel.from_encoder_decoder_pretrained(str(path), str(path))
+    d = model.decoder.config.n_embd
+    if cross_from_self:                  # cross-attention starts as a copy of the layer's pretrained self-attention
+        with torch.no_grad():
+            for block in model.decoder.transformer.h:
+                qkv, cross = block.attn.c_attn, block.crossattention          # Conv1D weights: (d, 3d) = [W_q | W_k | W_v]
+                cross.q_attn.weight.copy_(qkv.weight[:, :d]); cross.q_attn.bias.copy_(qkv.bias[:d])
+                cross.c_attn.weight.copy_(qkv.weight[:, d:]); cross.c_attn.bias.copy_(qkv.bias[d:])
+                cross.c_proj.load_state_dict(block.attn.c_proj.state_dict())
+                block.ln_cross_attn.load_state_dict(block.ln_1.state_dict())
+    eos = model.decoder.config.eos_token_id
+    for k in ("decoder_start_token_id", "bos_token_id", "eos_token_id", "pad_token_id"):
+        setattr(model.config, k, eos); setattr(model.generation_config, k, eos)
+    model.config.vocab_size = model.config.decoder.vocab_size
+    return model
+
+MODELS.update({
+    "gpt2mini2gpt2mini": ModelSpec(
+        build=lambda: gpt2_encoder_decoder(pretrained_gpt2_mini()), tokenizer=lambda: str(gpt2_tokenizer_path()),
+        description="GPT-2 encoder-decoder warm-started from gpt2-mini-pretrained on both sides (offline; the "
+                    "pretraining runs once, on first use)"),
+    "test-g2g": ModelSpec(build=lambda: gpt2_encoder_decoder(None, n_layer=2, n_embd=32, n_head=2, n_inner=64),
+                          tokenizer=lambda: str(gpt2_tokenizer_path()), description="tiny random GPT-2 encoder-decoder (tests)"),
+})
+
 # %% ../nbs/08_tasks.ipynb #894d270c
 GENERATION_PROBE = dict(prompts=8, prompt_len=48, new_tokens=48)
 
@@ -438,7 +471,7 @@ class CausalLMTask(TaskType):
     kinds = ("lm",)
     auto_model = "AutoModelForCausalLM"
     presets = {
-        "offline": dict(model="gpt2-mini", lr=1e-3, epochs=1.0, steps=64, batch=8, eval_batch=8, max_examples=200,
+        "offline": dict(model="gpt2-mini-pretrained", lr=1e-4, epochs=1.0, steps=64, batch=8, eval_batch=8, max_examples=200,
                         max_eval_examples=40, max_length=128, weight_decay=0.0, n_experts=8, k=2, level="task"),
         "paper": dict(model="gpt2", lr=1e-5, epochs=10.0, steps=None, batch=8, eval_batch=8, max_examples=None,
                       max_eval_examples=None, max_length=1024, weight_decay=0.0, n_experts=8, k=2, level="task"),
@@ -510,10 +543,13 @@ class CausalLMTask(TaskType):
 
 # %% ../nbs/08_tasks.ipynb #64b1e117
 def target_ids(tok, texts: list[str], max_length: int) -> list[list[int]]:
-    "Token ids of targets; a BERT-style tokenizer's leading [CLS] (no BOS: it is the decoder start token) dropped."
+    "Token ids of targets, ending with the end token; a BERT-style tokenizer's leading [CLS] (the decoder start token) dropped."
     ids = tok(text_target=texts, truncation=True, max_length=max_length + 1)["input_ids"]
     bert_style = tok.bos_token_id is None and tok.cls_token_id is not None
-    return [x[1:] if bert_style and x and x[0] == tok.cls_token_id else x[:max_length] for x in ids]
+    ids = [x[1:] if bert_style and x and x[0] == tok.cls_token_id else x[:max_length] for x in ids]
+    probe = tok(text_target=["a"])["input_ids"][0]
+    if tok.eos_token_id is None or probe[-1:] in ([tok.eos_token_id], [tok.sep_token_id]): return ids
+    return [x[:max_length - 1] + [tok.eos_token_id] for x in ids]   # GPT-2's tokenizer adds no end token: the model must learn to stop
 
 def generation_kwargs(cfg) -> dict:
     "The `generate` settings of a run: beams, max_length/min_length (decoder tokens), no_repeat_ngram_size."
@@ -528,7 +564,7 @@ class Seq2SeqTask(TaskType):
     kinds = ("seq2seq",)
     auto_model = "AutoModelForSeq2SeqLM"
     presets = {
-        "offline": dict(model="minilm2minilm", lr=2e-4, epochs=1.0, steps=None, batch=8, eval_batch=16,
+        "offline": dict(model="gpt2mini2gpt2mini", lr=1e-3, epochs=1.0, steps=None, batch=8, eval_batch=16,
                         max_examples=360, max_eval_examples=64, max_length=128, weight_decay=0.1, max_target_length=40,
                         min_target_length=None, num_beams=None, no_repeat_ngram_size=3, n_experts=8, k=2,
                         level="sequence"),
@@ -536,6 +572,11 @@ class Seq2SeqTask(TaskType):
                       max_examples=None, max_eval_examples=1600, max_length=1024, weight_decay=0.1, max_target_length=60,
                       min_target_length=10, num_beams=6, no_repeat_ngram_size=3, n_experts=8, k=2, level="sequence"),
     }
+
+    def tokenizer(self, spec, name: str = ""):
+        tok = super().tokenizer(spec, name)
+        if tok.pad_token is None: tok.pad_token = tok.eos_token      # GPT-2's tokenizer has no padding token
+        return tok
 
     def preprocess(self, ds, tok, info, cfg, task_ids: bool, training: bool = False):
         tl = cfg.max_target_length or cfg.max_length
@@ -595,17 +636,23 @@ class Seq2SeqTask(TaskType):
         expert = {} if cfg.method == "dense" else dict(n_experts=cfg.n_experts, k=cfg.k, level=cfg.level)
         return seq2seq_cost(model.config, src_len=seq_len, tgt_len=tgt, method=cfg.method, **expert)
 
+def _stack_dims(c) -> tuple:
+    "(layers, width, FFN width, heads) of a BERT or GPT-2 config (one side of an `EncoderDecoderModel`)."
+    if c.model_type == "gpt2": return c.n_layer, c.n_embd, c.n_inner or 4 * c.n_embd, c.n_head
+    return c.num_hidden_layers, c.hidden_size, c.intermediate_size, c.num_attention_heads
+
 def seq2seq_cost(config, src_len: int, tgt_len: int, method: str = "dense", **expert) -> float | None:
-    "Forward GFLOPs of one example of a T5, BART or BERT2BERT model (None for other models)."
+    "Forward GFLOPs of one example of a T5, BART or `EncoderDecoderModel` of BERTs or GPT-2s (None for other models)."
     from meo import flops as F
     mt = getattr(config, "model_type", None)
     if mt in ("t5", "bart"): return F.model_cost(config, batch=1, src_len=src_len, tgt_len=tgt_len, method=method, **expert).gflops
-    if mt != "encoder-decoder" or config.encoder.model_type != "bert" or config.decoder.model_type != "bert": return None
-    e, d = config.encoder, config.decoder
-    he, hd = e.num_attention_heads, d.num_attention_heads
-    return F._seq2seq(e.num_hidden_layers, d.num_hidden_layers, e.hidden_size, e.intermediate_size, d.intermediate_size,
-                      he, hd, e.hidden_size // he, d.hidden_size // hd, d.vocab_size, 1, src_len, tgt_len, method, "lm",
-                      False, True, expert).gflops
+    sides = ("bert", "gpt2")
+    if mt != "encoder-decoder" or config.encoder.model_type not in sides or config.decoder.model_type not in sides: return None
+    (le, d, fe, he), (ld, dd, fd, hd) = _stack_dims(config.encoder), _stack_dims(config.decoder)
+    if dd != d: return None
+    return F._seq2seq(le, ld, d, fe, fd, he, hd, d // he, d // hd, config.decoder.vocab_size, 1, src_len, tgt_len, method,
+                      "lm", False, True, expert).gflops
+
 
 # %% ../nbs/08_tasks.ipynb #4cf6c7ca
 def _cut(texts: list[str], tok, n: int) -> list[str]:
