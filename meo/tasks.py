@@ -209,7 +209,9 @@ class TaskType:
 
     def tokenizer(self, spec: ModelSpec, name: str = ""):
         from transformers import AutoTokenizer
-        return _load(lambda: AutoTokenizer.from_pretrained(spec.tokenizer_source()), name, "tokenizer")
+        tok = _load(lambda: AutoTokenizer.from_pretrained(spec.tokenizer_source()), name, "tokenizer")
+        if tok.pad_token is None: tok.pad_token = tok.eos_token      # GPT-2's tokenizer has no padding token
+        return tok
 
     def preprocess(self, ds, tok, info, cfg, task_ids: bool, training: bool = False):
         "Tokenize split `ds` (the training split if `training`): inputs, `labels`, `length` (tokens), `task_ids` if asked."
@@ -477,11 +479,6 @@ class CausalLMTask(TaskType):
                       max_eval_examples=None, max_length=1024, weight_decay=0.0, n_experts=8, k=2, level="task"),
     }
 
-    def tokenizer(self, spec, name: str = ""):
-        tok = super().tokenizer(spec, name)
-        if tok.pad_token is None: tok.pad_token = tok.eos_token      # GPT-2 has no padding token
-        return tok
-
     def preprocess(self, ds, tok, info, cfg, task_ids: bool, training: bool = False):
         L, eos = cfg.max_length, tok.eos_token_id
         def group(batch):
@@ -572,11 +569,6 @@ class Seq2SeqTask(TaskType):
                       max_examples=None, max_eval_examples=1600, max_length=1024, weight_decay=0.1, max_target_length=60,
                       min_target_length=10, num_beams=6, no_repeat_ngram_size=3, n_experts=8, k=2, level="sequence"),
     }
-
-    def tokenizer(self, spec, name: str = ""):
-        tok = super().tokenizer(spec, name)
-        if tok.pad_token is None: tok.pad_token = tok.eos_token      # GPT-2's tokenizer has no padding token
-        return tok
 
     def preprocess(self, ds, tok, info, cfg, task_ids: bool, training: bool = False):
         tl = cfg.max_target_length or cfg.max_length
