@@ -9,9 +9,9 @@ __all__ = []
 # %% ../nbs/index.ipynb #69d3348b
 from .core import MEOConfig, METHODS, LEVELS
 from .routing import Router, Routing, masked_mean
-from .layers import MoELinear, MEOLinear, TokenAttention, merged_linear, merge_experts
-from .convert import moefy, aux_loss, from_pretrained, to_dense, set_task_ids, expert_usage, find_ffn
-import meo.triton   # registers the layers' 'triton' backend (the default on CUDA where Triton can be imported)
+from .ops import merged_product, merged_product_ref, merge
+from .layers import MoELinear, MEOLinear, TokenAttention
+from .convert import moefy, aux_loss, from_pretrained, to_dense, set_task_ids, expert_usage, expert_layers, find_ffn
 
 def __getattr__(name):  # the Trainer integration imports transformers.Trainer: only when asked for
     if name == "MEOTrainer":
@@ -20,4 +20,4 @@ def __getattr__(name):  # the Trainer integration imports transformers.Trainer: 
     raise AttributeError(f"module 'meo' has no attribute {name!r}")
 
 # %% ../nbs/index.ipynb #ea3ccbd2
-from .distributed import shard   # FSDP2: one unit per transformer block (nbs/11_fsdp)
+from .distributed import shard   # FSDP2: one unit per transformer block (nbs/06_fsdp)

@@ -8,7 +8,8 @@ from dataclasses import dataclass, asdict, fields
 import torch
 
 # %% auto #0
-__all__ = ['METHODS', 'LEVELS', 'test_eq', 'test_close', 'check_choice', 'check_int', 'MEOConfig']
+__all__ = ['METHODS', 'LEVELS', 'test_eq', 'test_close', 'check_choice', 'check_int', 'check_experts', 'router_level',
+           'MEOConfig']
 
 # %% ../nbs/00_core.ipynb #5d420188
 def _as_tensors(a, b):
@@ -55,6 +56,21 @@ def check_int(name: str, value, lo: int | None = None, hi: int | None = None, hi
         raise ValueError(f"{name}={value} is not valid: expected {name} <= {hi_name or hi}")
     return value
 
+# %% ../nbs/00_core.ipynb #c0e1a002
+def check_experts(n_experts: int, k: int, level: str, n_tasks: int | None = None) -> None:
+    "Raise `ValueError` unless `n_experts >= 1`, `1 <= k <= n_experts`, `level` is known and task level has `n_tasks >= 1`."
+    check_int("n_experts", n_experts, 1)
+    check_int("k", k, 1, n_experts, f"n_experts={n_experts}")
+    check_choice("level", level, LEVELS)
+    if level == "task" or n_tasks is not None: check_int("n_tasks", n_tasks, 1)
+
+# %% ../nbs/00_core.ipynb #c0e1a005
+def router_level(method: str, level: str) -> str:
+    "The level at which a `method` layer at `level` routes: 'sequence' for token-level MEO, else `level`."
+    check_choice("method", method, METHODS)
+    check_choice("level", level, LEVELS)
+    return "sequence" if (method, level) == ("meo", "token") else level
+
 # %% ../nbs/00_core.ipynb #b055c16c
 @dataclass
 class MEOConfig:
@@ -71,23 +87,31 @@ class MEOConfig:
     segment_len: int = 64        # causal (decoder-only) sequence routing: tokens per routing segment
     causal: bool | None = None   # treat the model as a causal decoder (None: decide from its config)
     targets: list | None = None  # module names or regexes of the projections to convert (None: detect)
-    merge: str = "auto"          # MEO merge: 'auto', 'gemm' or 'gather'
-    block: int | None = None     # MEO: output rows merged at a time (None: all)
+    merge: str = "auto"          # MEO, backend 'torch': merge by 'gemm' or 'gather' ('auto': by shape)
+    block: int | None = None     # MEO, backend 'torch': output rows merged at a time (None: all that fit)
+    backend: str = "torch"       # MEO: the merged product's backend (`meo.ops`): 'torch', 'triton', 'reference'
+    backend_options: dict | None = None  # MEO: options of a backend other than 'torch' (e.g. {'path': 'select'})
 
     def __post_init__(self):
         check_choice("method", self.method, METHODS)
-        check_choice("level", self.level, LEVELS)
-        check_int("n_experts", self.n_experts, 1)
-        check_int("k", self.k, 1, self.n_experts, f"n_experts={self.n_experts}")
+        check_experts(self.n_experts, self.k, self.level, self.n_tasks)
         check_int("reduce_factor", self.reduce_factor, 1)
         check_int("segment_len", self.segment_len, 1)
         check_choice("merge", self.merge, ("auto", "gemm", "gather"))
         if self.block is not None: check_int("block", self.block, 1)
+        if not isinstance(self.backend, str) or not self.backend:
+            raise ValueError(f"backend={self.backend!r} is not valid: expected a backend name such as 'torch'")
+        if self.backend_options is not None and not isinstance(self.backend_options, dict):
+            raise ValueError(f"backend_options={self.backend_options!r} is not valid: expected a dict or None")
         if isinstance(self.targets, str): self.targets = [self.targets]
-        if self.level == "task": check_int("n_tasks", self.n_tasks, 1)
-        elif self.n_tasks is not None: check_int("n_tasks", self.n_tasks, 1)
         if self.aux_coef < 0: raise ValueError(f"aux_coef={self.aux_coef} is not valid: expected aux_coef >= 0")
         if self.init_noise < 0: raise ValueError(f"init_noise={self.init_noise} is not valid: expected init_noise >= 0")
+
+    @property
+    def product_options(self) -> dict:
+        "The options of the merged product's backend set here: `merge`/`block` where not default, and `backend_options`."
+        opts = {k: v for k, v in (("merge", self.merge), ("block", self.block)) if v != _DEFAULTS[k]}
+        return {**opts, **(self.backend_options or {})}
 
     def to_dict(self) -> dict: return asdict(self)
 
@@ -96,3 +120,5 @@ class MEOConfig:
         "Build from a dict, ignoring keys this version does not know."
         names = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in names})
+
+_DEFAULTS = {f.name: f.default for f in fields(MEOConfig)}

@@ -4,20 +4,17 @@
 
 # %% ../nbs/01_routing.ipynb #7568056c
 from __future__ import annotations
-from dataclasses import dataclass, field
-from contextlib import contextmanager, nullcontext
-from contextvars import ContextVar
-from types import MappingProxyType
+from dataclasses import dataclass
+from contextlib import nullcontext
 import torch
 from torch import nn, Tensor
 import torch.nn.functional as F
 import torch.distributed as dist
-from .core import LEVELS, check_choice, check_int
+from .core import LEVELS, check_choice, check_int, check_experts
 
 # %% auto #0
-__all__ = ['check_mask', 'masked_mean', 'SegmentState', 'Segments', 'causal_segments', 'cv_squared', 'prob_in_top_k', 'Groups',
-           'Routing', 'check_task_ids', 'autocast_off', 'Router', 'CallContext', 'current_call', 'recomputing',
-           'call_scope']
+__all__ = ['GROUPINGS', 'check_mask', 'masked_mean', 'SegmentState', 'causal_segments', 'cv_squared', 'prob_in_top_k',
+           'noisy_top_k', 'balance_loss', 'Routing', 'check_task_ids', 'autocast_off', 'Router']
 
 # %% ../nbs/01_routing.ipynb #11136e44
 def check_mask(mask: Tensor | None, B: int, L: int) -> Tensor | None:
@@ -40,7 +37,7 @@ def masked_mean(x: Tensor,                # (B, L, d) token states
     return total / mask.sum(1, keepdim=True).clamp(min=1).float()
 
 # %% ../nbs/01_routing.ipynb #fd6258f6
-@dataclass
+@dataclass(frozen=True)
 class SegmentState:
     "Prefix sums that a causally routed layer keeps between decoding steps (one row per example)."
     done: Tensor    # (B, d) float32: sum of the real tokens of completed segments
@@ -51,30 +48,10 @@ class SegmentState:
         "Rows `index` (beam search reorders, batch expansion)."
         return SegmentState(self.done[index], self.part[index], self.count[index])
 
-@dataclass
-class Segments:
-    "Where each token of a chunk goes: group `group[b, t]`, row `slot[b, t]` of a `(G, length, d)` packing."
-    group: Tensor   # (B, T) long
-    slot: Tensor    # (B, T) long
-    length: int     # max tokens per group (<= segment_len)
-    n_real: Tensor  # (G,) float32: real tokens per group
-
-def causal_segments(x: Tensor,                   # (B, T, d) layer input of the new tokens
-                    mask: Tensor | None,         # (B, T) 1 for real tokens of this chunk
-                    segment_len: int,            # s
-                    state: SegmentState | None = None  # prefix sums of the tokens before this chunk
-                   ) -> tuple[Tensor, Tensor, Segments, SegmentState]:
-    "Router inputs (G, d), first-segment flags (G,), token layout and the new state for causal segment routing."
-    B, T, d = x.shape
-    s, dev = segment_len, x.device
-    m = check_mask(mask, B, T) if mask is not None else torch.ones(B, T, dtype=torch.bool, device=dev)
-    xf = x.float().masked_fill(~m[..., None], 0.)                               # (B, T, d)
-    if state is None:
-        z = xf.new_zeros(B, d)
-        state = SegmentState(z, z, torch.zeros(B, dtype=torch.long, device=dev))
-    if state.count.shape != (B,):
-        raise ValueError(f"segment state holds {state.count.shape[0]} sequences: expected batch={B}")
-    mi = m.long()
+def _segment_sums(xf: Tensor, m: Tensor, s: int, state: SegmentState):
+    "Each token's segment and its offset from the chunk's first segment (B, T), the prefix sums before each segment of the chunk (B, J, d), and the state after the chunk."
+    B, T, d = xf.shape
+    dev, mi = xf.device, m.long()
     r = state.count[:, None] + mi.cumsum(1) - mi                                # (B, T) real tokens before t
     seg = r // s                                                                # (B, T) segment of each token
     j0 = state.count // s                                                       # (B,) segment of the chunk start
@@ -88,23 +65,44 @@ def causal_segments(x: Tensor,                   # (B, T, d) layer input of the 
     prefix = state.done[:, None].expand(B, J, d).clone()                        # (B, J, d) sum before segment j0+jj
     prefix[:, 1:] += acc[:, :-1].cumsum(1)                                      # exclusive: no rounding from later tokens
     bi = torch.arange(B, device=dev)
-    new_state = SegmentState(prefix[bi, jj1], acc[bi, jj1], count1)
-    # groups: runs of equal segment, cut into pieces of at most s tokens
+    return seg, jj, prefix, SegmentState(prefix[bi, jj1], acc[bi, jj1], count1)
+
+def _segment_rows(seg: Tensor, jj: Tensor, J: int, s: int) -> tuple[Tensor, Tensor]:
+    "Gate rows: runs of equal segment cut into pieces of at most `s` tokens, numbered in token order; (B, T) each token's row, (G,) each row's first token (flat)."
+    B, T = seg.shape
+    dev = seg.device
     t = torch.arange(T, device=dev).expand(B, T)
     change = torch.ones(B, T, dtype=torch.bool, device=dev)
     change[:, 1:] = seg[:, 1:] != seg[:, :-1]
     run_start = torch.where(change, t, 0).cummax(1).values
-    piece, slot = (t - run_start) // s, (t - run_start) % s
-    key = (bi[:, None] * J + jj) * (T // s + 2) + piece                         # sorted by (example, segment, piece)
+    piece = (t - run_start) // s
+    key = (torch.arange(B, device=dev)[:, None] * J + jj) * (T // s + 2) + piece   # sorted by (example, segment, piece)
     uniq, group = torch.unique(key.reshape(-1), return_inverse=True)
-    G = uniq.numel()
-    flat = torch.arange(B * T, device=dev)
-    first = torch.full((G,), B * T, dtype=torch.long, device=dev).scatter_reduce(0, group, flat, "amin")
+    first = torch.full((uniq.numel(),), B * T, dtype=torch.long, device=dev).scatter_reduce(
+        0, group, torch.arange(B * T, device=dev), "amin")
+    return group.view(B, T), first
+
+def causal_segments(x: Tensor,                   # (B, T, d) layer input of the new tokens
+                    mask: Tensor | None,         # (B, T) 1 for real tokens of this chunk
+                    segment_len: int,            # s
+                    state: SegmentState | None = None  # prefix sums of the tokens before this chunk
+                   ) -> tuple[Tensor, Tensor, Tensor, Tensor, SegmentState]:
+    "Router inputs (G, d), first-segment flags (G,), each token's gate row (B, T), real tokens per row (G,), the state after."
+    B, T, d = x.shape
+    s, dev = segment_len, x.device
+    m = check_mask(mask, B, T) if mask is not None else torch.ones(B, T, dtype=torch.bool, device=dev)
+    xf = x.float().masked_fill(~m[..., None], 0.)                               # (B, T, d)
+    if state is None:
+        z = xf.new_zeros(B, d)
+        state = SegmentState(z, z, torch.zeros(B, dtype=torch.long, device=dev))
+    if state.count.shape != (B,):
+        raise ValueError(f"segment state holds {state.count.shape[0]} sequences: expected batch={B}")
+    seg, jj, prefix, new_state = _segment_sums(xf, m, s, state)
+    group, first = _segment_rows(seg, jj, prefix.shape[1], s)
     b_g, seg_g, jj_g = first // max(T, 1), seg.reshape(-1)[first], jj.reshape(-1)[first]
     inputs = prefix[b_g, jj_g] / (seg_g * s).clamp(min=1)[:, None].float()       # (G, d) mean of earlier segments
-    n_real = xf.new_zeros(G).index_add_(0, group, m.reshape(-1).float())
-    layout = Segments(group.view(B, T), slot, int(slot.max()) + 1 if B * T else 0, n_real)
-    return inputs, seg_g == 0, layout, new_state
+    n_real = xf.new_zeros(first.shape[0]).index_add_(0, group.reshape(-1), m.reshape(-1).float())
+    return inputs, seg_g == 0, group, n_real, new_state
 
 # %% ../nbs/01_routing.ipynb #0bc965a0
 def cv_squared(v: Tensor) -> Tensor:
@@ -126,41 +124,83 @@ def prob_in_top_k(clean: Tensor,     # (G, n) logits without noise
     prob_if_out = torch.special.ndtr((clean - threshold_if_out) / noise_std)
     return torch.where(is_in, prob_if_in, prob_if_out)
 
+
+def noisy_top_k(u: Tensor,           # (G, d) router inputs, float32
+                w_gate: Tensor,      # (d, n)
+                w_noise: Tensor,     # (d, n)
+                k: int,
+                noisy: bool,         # add the noise (training)
+                noise_eps: float = 1e-2
+               ) -> tuple[Tensor, Tensor, Tensor]:   # index (G, k), gate (G, k), load (G, n)
+    "Noisy top-k gating: the selected experts, their gates (softmax over the k), and each expert's selection (smooth while noisy)."
+    clean = u @ w_gate                                                     # (G, n)
+    if noisy:
+        noise_std = F.softplus(u @ w_noise) + noise_eps                    # (G, n)
+        logits = clean + torch.randn_like(clean) * noise_std
+    else: logits = clean
+    n = w_gate.shape[1]
+    top_values, top_index = logits.topk(min(k + 1, n), dim=1)              # (G, k+1)
+    index, gate = top_index[:, :k], torch.softmax(top_values[:, :k], dim=1)
+    if noisy and k < n: load = prob_in_top_k(clean, logits, noise_std, top_values, k)
+    else: load = torch.zeros_like(clean).scatter(1, index, 1.)              # counts, robust to zero gates
+    return index, gate, load
+
+def _distributed() -> bool: return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+class _AllReduceSum(torch.autograd.Function):
+    "Sum over processes; the gradient of a sum over processes is the sum of the gradients."
+    @staticmethod
+    def forward(ctx, x):
+        x = x.clone(); dist.all_reduce(x); return x
+    @staticmethod
+    def backward(ctx, g):
+        g = g.clone(); dist.all_reduce(g); return g
+
+def balance_loss(index: Tensor,       # (G, k)
+                 gate: Tensor,        # (G, k)
+                 load: Tensor,        # (G, n) selection of each expert (count or smooth estimate)
+                 row_weight: Tensor,  # (G,) examples or real tokens each row stands for
+                 coef: float,         # c
+                 sync: bool = False   # sum importance and load over processes (the global batch's loss)
+                ) -> Tensor:          # () float32
+    "c (CV^2(importance) + CV^2(load)), rows weighted by what they stand for."
+    dense = gate.new_zeros(load.shape).scatter(1, index, gate)             # (G, n)
+    importance = (row_weight[:, None] * dense).sum(0)                      # (n,)
+    load = (row_weight[:, None] * load).sum(0)                             # (n,)
+    if sync: importance, load = _AllReduceSum.apply(importance), _AllReduceSum.apply(load)
+    return coef * (cv_squared(importance) + cv_squared(load))
+
 # %% ../nbs/01_routing.ipynb #898a4dc0
+GROUPINGS = ("example", "examples", "runs")
+
 @dataclass(frozen=True)
-class Groups:
-    "Who shares a gate, in one form for every level: the group of each token and the real tokens of each group."
-    token: Tensor               # (B, L) long: the group of every token
-    n_real: Tensor              # (G,) float32: real (unpadded) tokens of each group
-    row: Tensor | None = None   # (B,) long: each example's group, when all tokens of an example share one gate
-    slot: Tensor | None = None  # (B, L) long: each token's position inside its group, when groups are not whole examples
-    length: int = 0             # the most tokens of one group in that packing
-
-    @property
-    def n_groups(self) -> int: return self.n_real.shape[0]
-
-    def per_token(self, t: Tensor) -> Tensor:
-        "Rows of `t` (G, ...) for every token, flattened: (B*L, ...)."
-        return t[self.token.reshape(-1)]
-
-@dataclass
 class Routing:
-    "The output of a `Router`: which experts each routing group uses, and with what weight."
-    index: Tensor           # (G, k) long: selected experts of each group
-    weight: Tensor          # (G, k) float32: their gates (softmax over the k)
-    group: Tensor | None    # (B,) long: the group of each example; None: group b is example b (or token, at token level)
-    aux_loss: Tensor        # () float32: load-balancing loss of this call
-    level: str              # 'token', 'sequence' or 'task'
-    segments: Segments | None = None      # causal routing: the group of each token (then `group` is None)
-    state: SegmentState | None = None     # causal routing: prefix sums after this call, for the next decoding step
-    groups: Groups | None = None          # who shares each gate (every level): what layers, usage and FLOPs read
+    "The output of a `Router`: which experts each gate row uses, with what gate, and which tokens each row serves."
+    index: Tensor            # (G, k) long: the selected experts of each gate row
+    gate: Tensor             # (G, k) float32: their gates (softmax over the k; a gate may be 0 and is still selected)
+    group: Tensor            # (B, L) long: the gate row of every token
+    n_real: Tensor           # (G,) float32: the real (unpadded) tokens each row serves
+    grouping: str            # 'example', 'examples' or 'runs': what `group` is known to look like (see above)
+    aux_loss: Tensor         # () float32: the load-balancing loss of this call
+    state: SegmentState | None = None   # causal routing: prefix sums after this call, for the next decoding step
 
     @property
     def n_groups(self) -> int: return self.index.shape[0]
 
-    def dense(self, n_experts: int) -> Tensor:
-        "Gates as a dense `(G, n_experts)` float32 matrix, zero for experts that were not selected."
-        return self.weight.new_zeros(self.n_groups, n_experts).scatter(1, self.index, self.weight)
+    def rows(self) -> Tensor:
+        "(B,) the gate row of each example, when all tokens of an example share one ('example', 'examples')."
+        if self.grouping == "runs": raise ValueError("grouping='runs': the tokens of an example use several gate rows")
+        B, L = self.group.shape
+        if self.grouping == "example": return torch.arange(B, device=self.group.device)
+        return self.group[:, 0] if L else self.group.new_zeros(B)           # no tokens: any row serves none
+
+    @classmethod
+    def make(cls, index: Tensor, gate: Tensor, group: Tensor, grouping: str, mask: Tensor | None = None) -> "Routing":
+        "A routing given by hand (tests, benchmarks): real tokens counted from `mask` (default: all), no aux loss."
+        check_choice("grouping", grouping, GROUPINGS)
+        real = torch.ones(group.shape, device=group.device) if mask is None else mask.float()
+        n_real = real.new_zeros(index.shape[0]).index_add_(0, group.reshape(-1), real.reshape(-1))
+        return cls(index, gate, group, n_real, grouping, real.new_zeros(()))
 
 # %% ../nbs/01_routing.ipynb #28ed11cf
 def _show(t: Tensor) -> str:
@@ -180,7 +220,8 @@ def check_task_ids(task_ids, B: int, n_tasks: int, device=None) -> Tensor:
         raise ValueError(f"task_ids={_show(t)} has shape {tuple(t.shape)}: expected (batch={B},), one task per example "
                          "(ids are never repeated to fill a batch)")
     if B and (int(t.min()) < 0 or int(t.max()) >= n_tasks):
-        raise ValueError(f"task_ids={_show(t)} has values in [{int(t.min())}, {int(t.max())}]: expected values in [0, {n_tasks})")
+        raise ValueError(f"task_ids={_show(t)} has values in [{int(t.min())}, {int(t.max())}]: "
+                         f"expected values in [0, {n_tasks})")
     return t.long()
 
 def autocast_off(device_type: str):
@@ -189,17 +230,7 @@ def autocast_off(device_type: str):
     except (RuntimeError, TypeError): on = False
     return torch.autocast(device_type, enabled=False) if on else nullcontext()
 
-def _distributed() -> bool: return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-
-class _AllReduceSum(torch.autograd.Function):
-    "Sum over processes; the gradient of a sum over processes is the sum of the gradients."
-    @staticmethod
-    def forward(ctx, x):
-        x = x.clone(); dist.all_reduce(x); return x
-    @staticmethod
-    def backward(ctx, g):
-        g = g.clone(); dist.all_reduce(g); return g
-
+# %% ../nbs/01_routing.ipynb #28ed11cf2
 class Router(nn.Module):
     "Noisy top-k gate over `n_experts` at `level` 'token', 'sequence' or 'task'."
     def __init__(self, in_features: int, n_experts: int, k: int, level: str = "sequence",
@@ -208,19 +239,15 @@ class Router(nn.Module):
                  segment_len: int | None = None, sync_aux: bool = True, device=None):
         super().__init__()
         check_int("in_features", in_features, 1)
-        check_int("n_experts", n_experts, 1)
-        check_int("k", k, 1, n_experts, f"n_experts={n_experts}")
-        self.level = check_choice("level", level, LEVELS)
-        self.in_features, self.n_experts, self.k = in_features, n_experts, k
+        check_experts(n_experts, k, level, n_tasks if level == "task" else None)
+        self.level, self.in_features, self.n_experts, self.k = level, in_features, n_experts, k
         self.noisy, self.aux_coef, self.noise_eps, self.sync_aux = noisy, aux_coef, noise_eps, sync_aux
         self.segment_len = None if segment_len is None else check_int("segment_len", segment_len, 1)
+        self.n_tasks, self.task_dim, gate_in = None, None, in_features
         if level == "task":
-            self.n_tasks = check_int("n_tasks", n_tasks, 1)
-            self.task_dim = check_int("task_dim", task_dim or in_features, 1)
+            self.n_tasks, self.task_dim = n_tasks, check_int("task_dim", task_dim or in_features, 1)
             self.task_embed = nn.Parameter(torch.empty(self.n_tasks, self.task_dim, device=device))
             gate_in = self.task_dim
-        else:
-            self.n_tasks, self.task_dim, gate_in = None, None, in_features
         # plain parameters, not nn.Linear: a host model's weight init (HF `_init_weights`) leaves them alone
         self.w_gate = nn.Parameter(torch.empty(gate_in, n_experts, device=device))     # (d, n)
         self.w_noise = nn.Parameter(torch.empty(gate_in, n_experts, device=device))    # (d, n)
@@ -248,32 +275,6 @@ class Router(nn.Module):
         if self.segment_len: s += f", segment_len={self.segment_len}"
         return s + f", noisy={self.noisy}, aux_coef={self.aux_coef}"
 
-    def gate(self, u: Tensor, row_weight: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        "Noisy top-k gate of router inputs `u` (G, d); returns index (G, k), gates (G, k), aux loss."
-        u = u.float()
-        clean = u @ self.w_gate.float()                                       # (G, n)
-        noisy_now = self.noisy and self.training
-        if noisy_now:
-            noise_std = F.softplus(u @ self.w_noise.float()) + self.noise_eps  # (G, n)
-            logits = clean + torch.randn_like(clean) * noise_std
-        else: logits = clean
-        n, k = self.n_experts, self.k
-        top_values, top_index = logits.topk(min(k + 1, n), dim=1)              # (G, k+1)
-        index = top_index[:, :k]                                               # (G, k)
-        gates = torch.softmax(top_values[:, :k], dim=1)                        # (G, k)
-        # load balancing, rows weighted by the examples (or real tokens) they stand for
-        dense = gates.new_zeros(gates.shape[0], n).scatter(1, index, gates)    # (G, n)
-        importance = (row_weight[:, None] * dense).sum(0)                      # (n,)
-        if noisy_now and k < n:
-            p = prob_in_top_k(clean, logits, noise_std, top_values, k)
-        else:
-            p = torch.zeros_like(dense).scatter(1, index, 1.)                  # counts, robust to zero gates
-        load = (row_weight[:, None] * p).sum(0)                                # (n,)
-        if self.sync_aux and self.training and _distributed():                 # one loss for the global batch
-            importance, load = _AllReduceSum.apply(importance), _AllReduceSum.apply(load)
-        aux = self.aux_coef * (cv_squared(importance) + cv_squared(load))
-        return index, gates, aux
-
     def forward(self, x: Tensor,                 # (B, L, d) token states
                 mask: Tensor | None = None,      # (B, L) attention mask, 1 = real token
                 task_ids: Tensor | None = None,  # (B,) integer task of each example (task level)
@@ -281,83 +282,41 @@ class Router(nn.Module):
                 state: SegmentState | None = None  # prefix sums of earlier tokens (causal sequence level)
                ) -> Routing:
         if x.dim() != 3 or (pooled is None and self.level != "task" and x.shape[-1] != self.in_features):
-            raise ValueError(f"router input has shape {tuple(x.shape)}: expected (batch, seq_len, in_features={self.in_features})")
+            raise ValueError(f"router input has shape {tuple(x.shape)}: "
+                             f"expected (batch, seq_len, in_features={self.in_features})")
         with autocast_off(x.device.type):                                       # float32 under autocast too
-            return self._route(x, mask, task_ids, pooled, state)
+            u, row_weight, group, n_real, grouping, new_state = _level_inputs(self, x, mask, task_ids, pooled, state)
+            noisy = self.noisy and self.training
+            index, gate, load = noisy_top_k(u.float(), self.w_gate.float(), self.w_noise.float(), self.k, noisy,
+                                            self.noise_eps)
+            sync = self.sync_aux and self.training and _distributed()          # one loss for the global batch
+            aux = balance_loss(index, gate, load, row_weight, self.aux_coef, sync)
+        return Routing(index, gate, group, n_real, grouping, aux, new_state)
 
-    def _route(self, x, mask, task_ids, pooled, state) -> Routing:
-        B, L, _ = x.shape
-        mask = check_mask(mask, B, L)
-        dev = x.device
-        real = mask.float() if mask is not None else None                           # (B, L) 1 = real token
-        per_row = real.sum(1) if real is not None else x.new_full((B,), float(L), dtype=torch.float32)   # (B,) real tokens
-        rows = torch.arange(B, device=dev)
-        if pooled is not None and self.level == "sequence":
-            if tuple(pooled.shape) != (B, self.in_features):
-                raise ValueError(f"pooled has shape {tuple(pooled.shape)}: expected (batch={B}, {self.in_features})")
-            index, gates, aux = self.gate(pooled, x.new_ones(B, dtype=torch.float32))
-            groups = Groups(rows[:, None].expand(B, L), per_row, row=rows)
-            return Routing(index, gates, None, aux, self.level, groups=groups)
-        if self.level == "sequence" and self.segment_len:
-            inputs, first, layout, new_state = causal_segments(x, mask, self.segment_len, state)
-            u = torch.where(first[:, None], self.first_input.float().expand_as(inputs), inputs)
-            index, gates, aux = self.gate(u, layout.n_real)
-            groups = Groups(layout.group, layout.n_real, slot=layout.slot, length=layout.length)
-            return Routing(index, gates, None, aux, self.level, layout, new_state, groups)
-        group = None
-        if self.level == "token":
-            u = x.reshape(B * L, x.shape[-1])
-            row_weight = real.reshape(-1) if real is not None else x.new_ones(B * L, dtype=torch.float32)
-            groups = Groups(torch.arange(B * L, device=dev).view(B, L), row_weight)
-        elif self.level == "sequence":
-            u, row_weight = masked_mean(x, mask), x.new_ones(B, dtype=torch.float32)
-            groups = Groups(rows[:, None].expand(B, L), per_row, row=rows)
-        else:
-            t = check_task_ids(task_ids, B, self.n_tasks, x.device)
-            tasks, group = torch.unique(t, return_inverse=True)                 # G distinct tasks
-            u, row_weight = self.task_embed[tasks], torch.bincount(group, minlength=len(tasks)).float()
-            n_real = per_row.new_zeros(len(tasks)).index_add_(0, group, per_row)
-            groups = Groups(group[:, None].expand(B, L), n_real, row=group)
-        index, gates, aux = self.gate(u, row_weight)
-        return Routing(index, gates, group, aux, self.level, groups=groups)
-
-# %% ../nbs/01_routing.ipynb #f315a06a
-@dataclass(frozen=True, eq=False)
-class CallContext:
-    "Routing inputs of one call of a converted model (or of one of its stacks): built when the call starts, then only read."
-    owner: object                          # whose call: a converted model's or a stack's settings object
-    parent: "CallContext | None" = None    # the enclosing call (the model's, for a stack)
-    mask: Tensor | None = None             # (B, T_past + T) attention mask of the stack call
-    shape: tuple | None = None             # (B, T): the tokens of the stack call
-    task_ids: Tensor | None = None         # (B,) long: validated task ids of the model call
-    pooled: Tensor | None = None           # (B, d) router input of cross-routed layers (pooled encoder states)
-    cache: object = None                   # the generation cache of the call
-    past: int = 0                          # tokens already in the cache
-    states: MappingProxyType | None = None  # prefix sums carried in by the cache (read only)
-    new_states: dict = field(default_factory=dict)  # this call's prefix sums, for the next step
-    aux_scale: float = 1.0                 # weight of the aux loss's gradient (1 / gradient accumulation steps)
-
-    def find(self, owner) -> "CallContext | None":
-        "The innermost context of `owner` in this chain, or None."
-        c = self
-        while c is not None and c.owner is not owner: c = c.parent
-        return c
-
-_CALL: ContextVar = ContextVar("meo_call", default=None)
-_RECOMPUTE: ContextVar = ContextVar("meo_recompute", default=False)
-
-def current_call(owner=None) -> CallContext | None:
-    "The context of the running call (of `owner`'s innermost call if given), or None outside any call."
-    c = _CALL.get()
-    return c if owner is None or c is None else c.find(owner)
-
-def recomputing() -> bool:
-    "True while a checkpointed segment is recomputed in backward (routing statistics are then not counted again)."
-    return _RECOMPUTE.get()
-
-@contextmanager
-def call_scope(ctx: CallContext | None, recompute: bool = False):
-    "Run under the call context `ctx` (restoring the previous one afterwards)."
-    tok, rtok = _CALL.set(ctx), _RECOMPUTE.set(recompute)
-    try: yield ctx
-    finally: _RECOMPUTE.reset(rtok); _CALL.reset(tok)
+# %% ../nbs/01_routing.ipynb #91cee124
+def _level_inputs(r: Router, x: Tensor, mask, task_ids, pooled, state):
+    "(u (G, d), row weights (G,), group (B, L), n_real (G,), grouping, new causal state) at the router's level."
+    B, L, _ = x.shape
+    mask = check_mask(mask, B, L)
+    dev = x.device
+    real = mask.float() if mask is not None else None                           # (B, L) 1 = real token
+    per_row = real.sum(1) if real is not None else x.new_full((B,), float(L), dtype=torch.float32)  # (B,) real tokens
+    each = torch.arange(B, device=dev)[:, None].expand(B, L)                    # (B, L) every token's example
+    ones = x.new_ones(B, dtype=torch.float32)
+    if r.level == "sequence" and pooled is not None:
+        if tuple(pooled.shape) != (B, r.in_features):
+            raise ValueError(f"pooled has shape {tuple(pooled.shape)}: expected (batch={B}, {r.in_features})")
+        return pooled, ones, each, per_row, "example", None
+    if r.level == "sequence" and r.segment_len:
+        inputs, first, group, n_real, new_state = causal_segments(x, mask, r.segment_len, state)
+        u = torch.where(first[:, None], r.first_input.float().expand_as(inputs), inputs)
+        return u, n_real, group, n_real, "runs", new_state
+    if r.level == "sequence": return masked_mean(x, mask), ones, each, per_row, "example", None
+    if r.level == "token":
+        w = real.reshape(-1) if real is not None else x.new_ones(B * L, dtype=torch.float32)
+        return x.reshape(B * L, x.shape[-1]), w, torch.arange(B * L, device=dev).view(B, L), w, "runs", None
+    t = check_task_ids(task_ids, B, r.n_tasks, dev)
+    tasks, group = torch.unique(t, return_inverse=True)                       # G distinct tasks
+    n_real = per_row.new_zeros(len(tasks)).index_add_(0, group, per_row)
+    weight = torch.bincount(group, minlength=len(tasks)).float()              # examples of each task
+    return r.task_embed[tasks], weight, group[:, None].expand(B, L), n_real, "examples", None
