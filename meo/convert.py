@@ -120,12 +120,12 @@ def call_scope(ctx: CallContext | None, recompute: bool = False):
 
 # %% ../nbs/04_convert.ipynb #39065f69
 class ModelContext:
-    "Settings of a converted model's calls: default task ids (`set_task_ids`), the number of tasks, the aux-loss weight."
+    "Settings of a converted model's calls: default task ids (`set_task_ids`), number of tasks, aux-loss weight."
     def __init__(self, n_tasks: int | None = None):
         self.default_task_ids, self.n_tasks, self.aux_scale = None, n_tasks, 1.0
 
     def task_ids(self, call: CallContext | None, B: int) -> Tensor | None:
-        "Task ids for `B` examples: the model call's (exactly B), else the defaults (repeated only by an exact multiple)."
+        "Task ids for `B` examples: the model call's (exactly B), else the defaults (repeated by an exact multiple)."
         mc = call.find(self) if call is not None else None
         if mc is not None and mc.task_ids is not None:
             ids = mc.task_ids
@@ -156,7 +156,7 @@ def _as_tokens(layer: ExpertLinear, x: Tensor, call: CallContext | None) -> tupl
 
 # %% ../nbs/04_convert.ipynb #1cfd82b4
 class StackContext:
-    "Settings of one stack (encoder, decoder, ...); the `LayerContext` of its layers, read from the stack's running call."
+    "Settings of one stack (encoder, decoder, ...): the `LayerContext` of its layers, read from its running call."
     def __init__(self, model_ctx: ModelContext, name: str, mode: str):
         self.model, self.name, self.mode = model_ctx, name, mode
 
@@ -188,18 +188,19 @@ class StackContext:
         if r.level == "sequence" and r.segment_len and state is None and call is not None and call.past:
             state = call.states.get(layer._meo_name) if call.states else None
             if state is None:
-                raise RuntimeError(f"the cache holds {call.past} past tokens but no routing state for {layer._meo_name}: "
+                raise RuntimeError(f"the cache holds {call.past} past tokens but no routing state for "
+                                   f"{layer._meo_name}: "
                                    "continue only from a cache produced by this converted model")
         scale = given.aux_scale if call is None else call.aux_scale
         return h, RoutingInputs(mask, task_ids, pooled, state, scale, not recomputing())
 
     def routed(self, layer: ExpertLinear, routing: Routing) -> None:
-        "Collect a causal layer's prefix sums in its call's own output dict (attached to the cache when the stack returns)."
+        "Collect a causal layer's prefix sums in its call's own output dict (put on the cache when the stack returns)."
         call = current_call(self)
         if routing.state is not None and call is not None: call.new_states[layer._meo_name] = routing.state
 
     def merged(self, layer: ExpertLinear, h: Tensor, routing: Routing) -> Tensor | None:
-        "In evaluation without autograd, with a generation cache: the product from the merged weights kept on the cache."
+        "In evaluation without autograd, with a generation cache: the product from merged weights kept on the cache."
         call = current_call(self)
         if torch.is_grad_enabled() or layer.training or call is None or call.cache is None: return None
         store = getattr(call.cache, "_meo_merged", None)
@@ -335,7 +336,8 @@ def _remove_hooks(model: nn.Module):
         for d in (m._forward_pre_hooks, m._forward_hooks):
             for key in [k for k, fn in d.items() if fn in _HOOKS]:
                 d.pop(key)
-                for extra in (m._forward_pre_hooks_with_kwargs, m._forward_hooks_with_kwargs, m._forward_hooks_always_called):
+                for extra in (m._forward_pre_hooks_with_kwargs, m._forward_hooks_with_kwargs,
+                              m._forward_hooks_always_called):
                     extra.pop(key, None)
         if hasattr(m, "_meo_stack"): del m._meo_stack
 
@@ -362,7 +364,8 @@ def stack_mode(model: nn.Module, stack: nn.Module, causal: bool | None = None) -
     if causal is not None: return "causal" if causal else "bidirectional"
     if cfg is None: return "bidirectional"
     mt = getattr(cfg, "model_type", "")
-    if getattr(cfg, "is_decoder", False) or (mt in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and mt not in MODEL_FOR_MASKED_LM_MAPPING_NAMES):
+    causal_lm = mt in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and mt not in MODEL_FOR_MASKED_LM_MAPPING_NAMES
+    if getattr(cfg, "is_decoder", False) or causal_lm:
         return "causal"
     return "bidirectional"
 
@@ -396,7 +399,8 @@ def moefy(model: nn.Module, config: MEOConfig | None = None, **kwargs) -> nn.Mod
         kw = dict(n_tasks=cfg.n_tasks, noisy=cfg.noisy, aux_coef=cfg.aux_coef,
                   router_features=enc_width if ctx.mode == "cross" and by_sequence else None,
                   segment_len=cfg.segment_len if ctx.mode == "causal" and by_sequence else None)
-        if cls is MEOLinear: kw.update(reduce_factor=cfg.reduce_factor, backend=cfg.backend, options=cfg.product_options)
+        if cls is MEOLinear: kw.update(reduce_factor=cfg.reduce_factor, backend=cfg.backend,
+                                       options=cfg.product_options)
         layer = cls.from_weight(W, b, cfg.n_experts, cfg.k, cfg.level, cfg.init_noise, **kw)
         layer._meo_name, layer._meo_dense, layer.context = name, type(dense).__name__, ctx
         for p in layer.parameters(): p._is_hf_initialized = True
@@ -415,7 +419,8 @@ def moefy(model: nn.Module, config: MEOConfig | None = None, **kwargs) -> nn.Mod
 
 # %% ../nbs/04_convert.ipynb #14e98260
 def aux_loss(model: nn.Module) -> Tensor:
-    "Sum of the load-balancing losses of the model's MoE/MEO layers in their last forward (a value: its gradient flows in `loss.backward()`)."
+    """Sum of the load-balancing losses of the model's MoE/MEO layers in their last forward (a value: its gradient
+    flows in `loss.backward()`)."""
     losses = [m.aux_loss for m in expert_layers(model).values() if m.aux_loss is not None]
     if losses: return torch.stack([l.float() for l in losses]).sum()
     return torch.zeros((), device=next(model.parameters()).device)
@@ -445,7 +450,7 @@ def expert_usage(model: nn.Module, reset: bool = False) -> dict:
 DECODE_CACHE_BYTES = 2 ** 29   # largest merged-weight set one layer keeps for decoding (512 MB)
 
 def _decode(layer: MEOLinear, h: Tensor, r: Routing, store: dict) -> Tensor | None:
-    "Without autograd (generation): the product from the merged weights in `store`, merged again when the routing changed."
+    "Without autograd (generation): the product from the merged weights in `store`, merged anew if the routing changed."
     B, T = h.shape[:2]
     if r.grouping == "runs" and T != 1: return None                           # a prompt: several segments
     eg = r.group[:, 0] if r.grouping == "runs" else r.rows()                   # (B,) each example's gate row
@@ -475,7 +480,7 @@ def load_state(path) -> dict:
     raise FileNotFoundError(f"no model.safetensors (or index) in {path}: save with model.save_pretrained(dir)")
 
 def from_pretrained(cls, path, dtype="auto", **config_kwargs) -> nn.Module:
-    "Load a converted model saved with `save_pretrained`: `meo.from_pretrained(AutoModelForSequenceClassification, dir)`."
+    "Load a converted model saved with `save_pretrained`: `meo.from_pretrained(AutoModelForCausalLM, dir)`."
     # cls: a model class or an Auto class; dtype: 'auto' keeps the saved dtype (as transformers does), or a torch dtype
     from transformers import AutoConfig
     config = (getattr(cls, "config_class", None) or AutoConfig).from_pretrained(path, **config_kwargs)
@@ -492,7 +497,8 @@ def from_pretrained(cls, path, dtype="auto", **config_kwargs) -> nn.Module:
         raise RuntimeError(f"checkpoint in {path} does not fit {cls.__name__}: missing {sorted(set(missing) - tied)}, "
                            f"unexpected {sorted(unexpected)}")
     if hasattr(model, "tie_weights"): model.tie_weights()
-    if dtype == "auto":                          # the config's dtype, else the first floating tensor's (transformers' rule)
+    # the config's dtype, else the first floating tensor's (transformers' rule)
+    if dtype == "auto":
         dtype = getattr(config, "dtype", None) or next((t.dtype for t in state.values() if t.is_floating_point()), None)
     if isinstance(dtype, str): dtype = getattr(torch, dtype)
     if dtype is not None: model.to(dtype)
@@ -511,7 +517,8 @@ def to_dense(model: nn.Module, task_id: int) -> nn.Module:
     for name, m in layers.items():
         with torch.no_grad():
             was = m.router.training; m.router.eval()
-            r = m.router(m.weight.new_zeros(1, 1, m.in_features), task_ids=torch.tensor([task_id], device=m.weight.device))
+            r = m.router(m.weight.new_zeros(1, 1, m.in_features),
+                         task_ids=torch.tensor([task_id], device=m.weight.device))
             m.router.train(was)
             W = ops.merge(m.weight, r.index, r.gate)[0]                            # (O, I)
             b = ops.merge(m.bias, r.index, r.gate)[0] if m.bias is not None else None

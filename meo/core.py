@@ -58,7 +58,7 @@ def check_int(name: str, value, lo: int | None = None, hi: int | None = None, hi
 
 # %% ../nbs/00_core.ipynb #c0e1a002
 def check_experts(n_experts: int, k: int, level: str, n_tasks: int | None = None) -> None:
-    "Raise `ValueError` unless `n_experts >= 1`, `1 <= k <= n_experts`, `level` is known and task level has `n_tasks >= 1`."
+    "Raise `ValueError` unless n_experts >= 1, 1 <= k <= n_experts, `level` is known and task level has n_tasks >= 1."
     check_int("n_experts", n_experts, 1)
     check_int("k", k, 1, n_experts, f"n_experts={n_experts}")
     check_choice("level", level, LEVELS)
@@ -109,7 +109,7 @@ class MEOConfig:
 
     @property
     def product_options(self) -> dict:
-        "The options of the merged product's backend set here: `merge`/`block` where not default, and `backend_options`."
+        "Options of the merged product's backend set here: `merge`/`block` where not default, and `backend_options`."
         opts = {k: v for k, v in (("merge", self.merge), ("block", self.block)) if v != _DEFAULTS[k]}
         return {**opts, **(self.backend_options or {})}
 

@@ -22,6 +22,7 @@ __all__ = ['MERGE_FLOPS', 'FLOP_METHODS', 'MODEL_COSTS', 'BERT_SIZES', 'BERT_KS'
 # %% ../nbs/07_flops.ipynb #10b9fc10
 MERGE_FLOPS = ("exact", "paper")   # the merge: 2 FLOPs per multiply-add like every product, or 1 as the paper's figure
 
+# %% ../nbs/07_flops.ipynb #1fb9460a
 @dataclass(frozen=True)
 class Cost:
     "Multiply-adds of one forward pass, itemised by component; `flops` = 2 × `macs`."
@@ -49,19 +50,15 @@ class Cost:
         return 2 * sum(v for c, v in self.items.items() if c not in self.unseen)
 
     def flops_in(self, merge_flops: str = "exact") -> int:
-        "FLOPs with the merge's multiply-adds counted 2 each ('exact', = `flops`) or 1 each, as the paper's figure ('paper')."
+        "FLOPs with the merge's multiply-adds counted 2 each ('exact', = `flops`) or 1 each, as the paper's figure."
         check_choice("merge_flops", merge_flops, MERGE_FLOPS)
         return self.flops - (self.part("merge") if merge_flops == "paper" else 0)
-
     def part(self, name: str) -> int:
         "Multiply-adds of the components whose last name part is `name` (e.g. 'merge', 'scores')."
         return sum(v for c, v in self.items.items() if c.rsplit(".", 1)[-1] == name)
-
     def summary(self) -> dict:
         "FLOPs by last name part: {'product': ..., 'router': ..., 'scores': ...}."
-        out = {}
-        for c, v in self.items.items(): out[c.rsplit(".", 1)[-1]] = out.get(c.rsplit(".", 1)[-1], 0) + 2 * v
-        return out
+        return {p: 2 * self.part(p) for p in dict.fromkeys(c.rsplit(".", 1)[-1] for c in self.items)}
 
     def prefix(self, p: str) -> "Cost":
         "The same cost with every component renamed `p.<component>`."
@@ -70,18 +67,17 @@ class Cost:
     def __add__(self, other):
         if not isinstance(other, Cost): return NotImplemented
         clash = {c for c in set(self.items) & set(other.items) if (c in self.unseen) != (c in other.unseen)}
-        if clash: raise ValueError(f"components {sorted(clash)} are seen by FlopCounterMode in one cost and not in the other")
+        if clash:
+            raise ValueError(f"components {sorted(clash)} are seen by FlopCounterMode in one cost and not in the other")
         items = dict(self.items)
         for c, v in other.items.items(): items[c] = items.get(c, 0) + v
         return Cost(items, self.unseen | other.unseen)
-
     def __radd__(self, other): return self if isinstance(other, int) and other == 0 else self.__add__(other)  # sum()
 
     def __mul__(self, m: int) -> "Cost":
         check_int("multiplier", m, 0)
         return Cost({c: v * m for c, v in self.items.items()}, self.unseen)
     __rmul__ = __mul__
-
     def __repr__(self):
         parts = ", ".join(f"{p} {v / 1e9:.4g}G" for p, v in self.summary().items())
         return f"Cost({self.gflops:.4g} GFLOPs = {self.gmacs:.4g} GMACs: {parts})"
@@ -110,7 +106,8 @@ def linear_cost(in_features: int, out_features: int, batch: int = 1, seq_len: in
     check_experts(n_experts, k, level, tasks if level == "task" else None)
     n = n_experts
     check_choice("merge", merge, MERGE_MODES)
-    if level == "task" and segments != 1: raise ValueError(f"segments={segments} is not valid at level='task': expected 1")
+    if level == "task" and segments != 1:
+        raise ValueError(f"segments={segments} is not valid at level='task': expected 1")
     if level != "task" and tasks != 1:
         raise ValueError(f"tasks={tasks} is not valid at level={level!r}: only level='task' routes per task")
     check_int("segments", segments, 1, L, f"seq_len={L}")
@@ -161,16 +158,19 @@ def ffn_cost(d_model: int, d_ff: int, batch: int = 1, seq_len: int = 128, method
     return (c + linear_cost(d_ff, d_model, batch, seq_len, method, bias=bias, **expert).prefix("out")).prefix("ffn")
 
 # %% ../nbs/07_flops.ipynb #c2e21974
-def _stack(layers, batch, seq_len, d, d_ff, heads, d_head, method, gated=False, bias=True, cross_len=None, **expert) -> Cost:
+def _stack(layers, batch, seq_len, d, d_ff, heads, d_head, method, gated=False, bias=True, cross_len=None,
+           **expert) -> Cost:
     one = attention_cost(batch, seq_len, seq_len, d, heads, d_head).prefix("attn")
     if cross_len is not None: one = one + attention_cost(batch, seq_len, cross_len, d, heads, d_head).prefix("cross")
     return (one + ffn_cost(d, d_ff, batch, seq_len, method, gated, bias, **expert)) * layers
 
 def _encoder_opts(expert: dict) -> dict:
-    if expert.get("segments", 1) != 1: raise ValueError(f"segments={expert['segments']} is not valid here: encoders route once per sequence")
+    if expert.get("segments", 1) != 1:
+        raise ValueError(f"segments={expert['segments']} is not valid here: encoders route once per sequence")
     return expert
 
-def bert_cost(config, batch: int = 1, seq_len: int = 128, method: str = "dense", head: str | None = "mlm", **expert) -> Cost:
+def bert_cost(config, batch: int = 1, seq_len: int = 128, method: str = "dense", head: str | None = "mlm",
+              **expert) -> Cost:
     "Forward cost of a Hugging Face BERT (`BertConfig`) on (batch, seq_len) tokens with dense/MoE/MEO FFNs."
     check_choice("head", head, (None, "mlm", "pooler", "classifier"))
     d, V, B, L = config.hidden_size, config.vocab_size, batch, seq_len
@@ -180,7 +180,8 @@ def bert_cost(config, batch: int = 1, seq_len: int = 128, method: str = "dense",
              "classifier": {"pooler": B * d * d, "classifier": B * d * config.num_labels}}[head]
     return c + Cost(heads).prefix("head")
 
-def gpt2_cost(config, batch: int = 1, seq_len: int = 1024, method: str = "dense", head: str | None = "lm", **expert) -> Cost:
+def gpt2_cost(config, batch: int = 1, seq_len: int = 1024, method: str = "dense", head: str | None = "lm",
+              **expert) -> Cost:
     "Forward cost of a Hugging Face GPT-2 (`GPT2Config`): decoder-only; `segments` routing groups per sequence."
     check_choice("head", head, (None, "lm"))
     d = config.n_embd
@@ -194,26 +195,34 @@ def _seq2seq(enc_layers, dec_layers, d, enc_ff, dec_ff, enc_heads, dec_heads, en
     enc_opts = {**expert, "segments": 1}
     enc = _stack(enc_layers, batch, src_len, d, enc_ff, enc_heads, enc_dh, method, gated, bias, **enc_opts)
     dec_opts = {**expert, "router_features": d}   # decoder layers route on the pooled encoder output (d_model wide)
-    dec = _stack(dec_layers, batch, tgt_len, d, dec_ff, dec_heads, dec_dh, method, gated, bias, cross_len=src_len, **dec_opts)
-    return enc.prefix("encoder") + dec.prefix("decoder") + Cost({"lm": batch * tgt_len * d * V} if head else {}).prefix("head")
+    dec = _stack(dec_layers, batch, tgt_len, d, dec_ff, dec_heads, dec_dh, method, gated, bias, cross_len=src_len,
+                 **dec_opts)
+    lm = Cost({"lm": batch * tgt_len * d * V} if head else {})
+    return enc.prefix("encoder") + dec.prefix("decoder") + lm.prefix("head")
 
-def t5_cost(config, batch: int = 1, src_len: int = 384, tgt_len: int = 30, method: str = "dense", head: str | None = "lm", **expert) -> Cost:
+def t5_cost(config, batch: int = 1, src_len: int = 384, tgt_len: int = 30, method: str = "dense",
+            head: str | None = "lm", **expert) -> Cost:
     "Forward cost of a Hugging Face T5 (`T5Config`, plain or gated) on src_len source and tgt_len target tokens."
     h, dh = config.num_heads, config.d_kv
-    return _seq2seq(config.num_layers, config.num_decoder_layers, config.d_model, config.d_ff, config.d_ff, h, h, dh, dh,
-                    config.vocab_size, batch, src_len, tgt_len, method, head, config.is_gated_act, False, expert)
+    return _seq2seq(config.num_layers, config.num_decoder_layers, config.d_model, config.d_ff, config.d_ff,
+                    h, h, dh, dh, config.vocab_size, batch, src_len, tgt_len, method, head, config.is_gated_act, False,
+                    expert)
 
-def bart_cost(config, batch: int = 1, src_len: int = 1024, tgt_len: int = 128, method: str = "dense", head: str | None = "lm", **expert) -> Cost:
+def bart_cost(config, batch: int = 1, src_len: int = 1024, tgt_len: int = 128, method: str = "dense",
+              head: str | None = "lm", **expert) -> Cost:
     "Forward cost of a Hugging Face BART (`BartConfig`) on src_len source and tgt_len target tokens."
     d, he, hd = config.d_model, config.encoder_attention_heads, config.decoder_attention_heads
     return _seq2seq(config.encoder_layers, config.decoder_layers, d, config.encoder_ffn_dim, config.decoder_ffn_dim,
-                    he, hd, d // he, d // hd, config.vocab_size, batch, src_len, tgt_len, method, head, False, True, expert)
+                    he, hd, d // he, d // hd, config.vocab_size, batch, src_len, tgt_len, method, head, False, True,
+                    expert)
 
+# %% ../nbs/07_flops.ipynb #44dae995
 MODEL_COSTS = {"bert": bert_cost, "gpt2": gpt2_cost, "t5": t5_cost, "bart": bart_cost}
 
 def model_cost(config, **kwargs) -> Cost:
     "Forward cost of the model a Hugging Face config describes (BERT, GPT-2, T5, BART); kwargs as its `*_cost`."
-    return MODEL_COSTS[check_choice("model_type", getattr(config, "model_type", None), tuple(MODEL_COSTS))](config, **kwargs)
+    return MODEL_COSTS[check_choice("model_type", getattr(config, "model_type", None), tuple(MODEL_COSTS))](config,
+                                                                                                            **kwargs)
 
 # %% ../nbs/07_flops.ipynb #6f67f511
 BERT_SIZES = {"small": dict(num_hidden_layers=4, hidden_size=512, num_attention_heads=8, intermediate_size=2048),
@@ -236,9 +245,11 @@ def abstract_conventions(k: int = 4, n_experts: int = 16, seq_len: int = 128):
     def row(convention, head, extra=0, merge_per_weight=2 * k, drop_scores=False):
         c = {m: bert_cost(cfg, method=m, head=head, **kw) for m in FLOP_METHODS}
         f = {m: c[m].flops + extra - (2 * c[m].part("scores") if drop_scores else 0) for m in FLOP_METHODS}
-        merged = c["meo"].part("merge") // k                              # merged weights (one per weight of each projection)
+        # merged weights (one per weight of each projection)
+        merged = c["meo"].part("merge") // k
         f["meo"] += (merge_per_weight - 2 * k) * merged
-        rows.append(dict(convention=convention, dense_gflops=f["dense"] / 1e9, moe_gflops=f["moe"] / 1e9, meo_gflops=f["meo"] / 1e9))
+        rows.append(dict(convention=convention, dense_gflops=f["dense"] / 1e9, moe_gflops=f["moe"] / 1e9,
+                         meo_gflops=f["meo"] / 1e9))
     row("matrix products, no head", None)
     row("+ pooler", "pooler")
     row("+ input embedding as one-hot product", None, emb)
@@ -259,11 +270,13 @@ BERT_KS = (1, 2, 4, 8, 16, 32)
 
 def bert_flops_table(sizes=tuple(BERT_SIZES), ks=BERT_KS, n_experts: int = 32, batch: int = 1, seq_len: int = 128,
                      level: str = "sequence", head: str | None = "mlm", merge: str = "gather", merge_flops=MERGE_FLOPS):
-    "The paper's figure as a table: columns size, method, k, gflops (forward, per `batch` sequences), convention (one block per `merge_flops`)."
+    """The paper's figure as a table: columns size, method, k, gflops (forward, per `batch` sequences), convention
+    (one block per `merge_flops`)."""
     import pandas as pd
     conventions = (merge_flops,) if isinstance(merge_flops, str) else tuple(merge_flops)
     for c in conventions: check_choice("merge_flops", c, MERGE_FLOPS)
-    costs = {(s, m, k): bert_cost(bert_config(s), batch, seq_len, m, head, n_experts=n_experts, k=k, level=level, merge=merge)
+    costs = {(s, m, k): bert_cost(bert_config(s), batch, seq_len, m, head, n_experts=n_experts, k=k, level=level,
+                                  merge=merge)
              for s in sizes for m in METHODS for k in ks}
     rows = [dict(size=s, method=m, k=k, gflops=round(c.flops_in(conv) / 1e9, 4), convention=conv)
             for conv in conventions for (s, m, k), c in costs.items()]
@@ -280,8 +293,10 @@ def _log_ticks(ax, axis, ticks):
     ticks = [t for t in ticks if lo <= t <= hi]
     getattr(ax, f"set_{axis}ticks")(ticks, [f"{t:g}" for t in ticks]); ax.minorticks_off()
 
+# %% ../nbs/07_flops.ipynb #9957f8ac
 def plot_bert(df, path=None):
-    "GFLOPs vs k (log-log), hue = size, style = method: the paper's convention, MEO's exact count dotted; a table beside. Returns the Figure."
+    """GFLOPs vs k (log-log), hue = size, style = method: the paper's convention, MEO's exact count dotted; a table
+    beside. Returns the Figure."""
     import seaborn as sns
     from matplotlib.lines import Line2D
     fig, (ax, tab) = _figure(13, 4.8, 2)
@@ -292,7 +307,8 @@ def plot_bert(df, path=None):
     sns.lineplot(main, x="k", y="gflops", hue="size", palette=colors, style="method", markers=True,
                  dashes={"moe": (4, 2), "meo": ""}, ax=ax)
     ax.set(xscale="log", yscale="log", xlabel="selected experts k", ylabel="GFLOPs (forward, 128 tokens)",
-           title="BERT: vanilla MoE vs MEO" + (" (merge counted as in the paper: k FLOPs per merged weight)" if both else ""))
+           title="BERT: vanilla MoE vs MEO" + (" (merge counted as in the paper: k FLOPs per merged weight)"
+                                               if both else ""))
     ax.title.set_fontsize(10)
     _log_ticks(ax, "x", sorted(df.k.unique()))
     wide = main.pivot_table(index=["size", "method"], columns="k", values="gflops", sort=False)
@@ -302,7 +318,8 @@ def plot_bert(df, path=None):
         for s, d in exact.groupby("size", sort=False): ax.plot(d.k, d.gflops, color=colors[s], lw=1.2, ls=":")
         leg = ax.get_legend()
         handles = list(leg.legend_handles) + [Line2D([], [], color="grey", lw=1.2, ls=":")]
-        ax.legend(handles, [t.get_text() for t in leg.get_texts()] + ["meo, exact count\n(2k FLOPs per merged weight)"], fontsize=8)
+        ax.legend(handles, [t.get_text() for t in leg.get_texts()] + ["meo, exact count\n(2k FLOPs per merged weight)"],
+                  fontsize=8)
         ex = exact.pivot_table(index="size", columns="k", values="gflops", sort=False)
         cells, labels = [], []
         for (s, m), r in wide.iterrows():
@@ -340,13 +357,15 @@ def models_flops_table(names=tuple(AUTHORS_SETTINGS), ks=(1, 2, 4, 8), batch: in
     for name in names:
         s = dict(AUTHORS_SETTINGS[check_choice("name", name, tuple(AUTHORS_SETTINGS))])
         cfg, level, n, k0 = authors_config(name), s.pop("level"), s.pop("n_experts"), s.pop("k")
-        lens = dict(enc_len=0, dec_len=s["seq_len"]) if "seq_len" in s else dict(enc_len=s["src_len"], dec_len=s["tgt_len"])
+        lens = dict(enc_len=0, dec_len=s["seq_len"]) if "seq_len" in s else dict(enc_len=s["src_len"],
+                                                                                 dec_len=s["tgt_len"])
         dense = model_cost(cfg, batch=batch, method="dense", **s)
         for m in METHODS:
             for k in [k for k in ks if k <= n]:
                 c = model_cost(cfg, batch=batch, method=m, n_experts=n, k=k, level=level, merge=merge, **s)
                 rows.append(dict(model=name, method=m, level=level, n_experts=n, k=k, batch=batch, **lens,
-                                 gflops=round(c.gflops, 4), gmacs=round(c.gmacs, 4), dense_gflops=round(dense.gflops, 4),
+                                 gflops=round(c.gflops, 4), gmacs=round(c.gmacs, 4), dense_gflops=round(dense.gflops,
+                                                                                                        4),
                                  authors_k=k == k0))
     return pd.DataFrame(rows)
 
@@ -421,8 +440,10 @@ def write_results(out_dir="results") -> list:
     "Write every FLOPs table (CSV) and figure (PNG) into `out_dir`; return their paths."
     out = Path(out_dir); out.mkdir(parents=True, exist_ok=True)
     paths = []
-    for name, df, plot in [("flops_bert", bert_flops_table(), plot_bert), ("flops_models", models_flops_table(), plot_models),
-                           ("flops_breakeven", breakeven_table(), plot_breakeven), ("flops_abstract", abstract_conventions(), None)]:
+    for name, df, plot in [("flops_bert", bert_flops_table(), plot_bert),
+                           ("flops_models", models_flops_table(), plot_models),
+                           ("flops_breakeven", breakeven_table(), plot_breakeven),
+                           ("flops_abstract", abstract_conventions(), None)]:
         df.to_csv(out / f"{name}.csv", index=False); paths.append(out / f"{name}.csv")
         if plot is not None: plot(df, out / f"{name}.png"); paths.append(out / f"{name}.png")
     return paths
@@ -435,4 +456,5 @@ def main(argv=None):
 
 # %% ../nbs/07_flops.ipynb #21ee0eaf
 #| eval: false
-if __name__ == "__main__" and getattr(globals().get("__spec__"), "name", None) == "meo.flops": main()   # not in a notebook
+# not in a notebook
+if __name__ == "__main__" and getattr(globals().get("__spec__"), "name", None) == "meo.flops": main()

@@ -34,7 +34,8 @@ class TokenAttention(nn.Module):
     def reset_parameters(self):
         "`down` as `nn.Linear` initialises; `up` zero, so that the block is the identity."
         nn.init.kaiming_uniform_(self.down_weight, a=math.sqrt(5))
-        if self.down_bias is not None: nn.init.uniform_(self.down_bias, -1 / math.sqrt(self.features), 1 / math.sqrt(self.features))
+        if self.down_bias is not None: nn.init.uniform_(self.down_bias, -1 / math.sqrt(self.features),
+                                                        1 / math.sqrt(self.features))
         nn.init.zeros_(self.up_weight)
         if self.up_bias is not None: nn.init.zeros_(self.up_bias)
 
@@ -118,7 +119,7 @@ class ExpertLinear(nn.Module):
     @classmethod
     def from_weight(cls, weight: Tensor, bias: Tensor | None, n_experts: int, k: int, level: str = "sequence",
                     init_noise: float = 0.0, **kwargs):
-        "Upcycle a dense `weight` (O, I) and `bias` (O,): every expert an exact copy (plus `init_noise` relative noise)."
+        "Upcycle a dense `weight` (O, I) and `bias` (O,): every expert an exact copy (plus relative `init_noise`)."
         return _upcycle(cls, weight, bias, n_experts, k, level, init_noise, **kwargs)
 
     @classmethod
@@ -184,7 +185,7 @@ def _compute_dtype(layer: ExpertLinear, h: Tensor) -> torch.dtype:
     return torch.get_autocast_dtype(dev) if on and layer.weight.is_floating_point() else layer.weight.dtype
 
 def _experts_in(layer: ExpertLinear, dt: torch.dtype) -> tuple[Tensor, Tensor | None]:
-    "Expert weights and biases in dtype `dt` (a differentiable cast under autocast; the parameters themselves otherwise)."
+    "Expert weights and biases in dtype `dt` (a differentiable cast under autocast; else the parameters themselves)."
     if dt == layer.weight.dtype: return layer.weight, layer.bias
     return layer.weight.to(dt), None if layer.bias is None else layer.bias.to(dt)
 

@@ -49,7 +49,8 @@ class SegmentState:
         return SegmentState(self.done[index], self.part[index], self.count[index])
 
 def _segment_sums(xf: Tensor, m: Tensor, s: int, state: SegmentState):
-    "Each token's segment and its offset from the chunk's first segment (B, T), the prefix sums before each segment of the chunk (B, J, d), and the state after the chunk."
+    """Each token's segment and its offset from the chunk's first segment (B, T), the prefix sums before each segment
+    of the chunk (B, J, d), and the state after the chunk."""
     B, T, d = xf.shape
     dev, mi = xf.device, m.long()
     r = state.count[:, None] + mi.cumsum(1) - mi                                # (B, T) real tokens before t
@@ -63,12 +64,14 @@ def _segment_sums(xf: Tensor, m: Tensor, s: int, state: SegmentState):
                                             xf.reshape(B * T, d)).view(B, J, d)
     acc[:, 0] += state.part
     prefix = state.done[:, None].expand(B, J, d).clone()                        # (B, J, d) sum before segment j0+jj
-    prefix[:, 1:] += acc[:, :-1].cumsum(1)                                      # exclusive: no rounding from later tokens
+    # exclusive: no rounding from later tokens
+    prefix[:, 1:] += acc[:, :-1].cumsum(1)
     bi = torch.arange(B, device=dev)
     return seg, jj, prefix, SegmentState(prefix[bi, jj1], acc[bi, jj1], count1)
 
 def _segment_rows(seg: Tensor, jj: Tensor, J: int, s: int) -> tuple[Tensor, Tensor]:
-    "Gate rows: runs of equal segment cut into pieces of at most `s` tokens, numbered in token order; (B, T) each token's row, (G,) each row's first token (flat)."
+    """Gate rows: runs of equal segment cut into pieces of at most `s` tokens, numbered in token order.
+    Returns each token's row (B, T) and each row's first token, as a flat index (G,)."""
     B, T = seg.shape
     dev = seg.device
     t = torch.arange(T, device=dev).expand(B, T)
@@ -82,12 +85,13 @@ def _segment_rows(seg: Tensor, jj: Tensor, J: int, s: int) -> tuple[Tensor, Tens
         0, group, torch.arange(B * T, device=dev), "amin")
     return group.view(B, T), first
 
+# %% ../nbs/01_routing.ipynb #3cea486c
 def causal_segments(x: Tensor,                   # (B, T, d) layer input of the new tokens
                     mask: Tensor | None,         # (B, T) 1 for real tokens of this chunk
                     segment_len: int,            # s
                     state: SegmentState | None = None  # prefix sums of the tokens before this chunk
                    ) -> tuple[Tensor, Tensor, Tensor, Tensor, SegmentState]:
-    "Router inputs (G, d), first-segment flags (G,), each token's gate row (B, T), real tokens per row (G,), the state after."
+    "Router inputs (G, d), first-segment flags (G,), each token's row (B, T), real tokens per row (G,), the new state."
     B, T, d = x.shape
     s, dev = segment_len, x.device
     m = check_mask(mask, B, T) if mask is not None else torch.ones(B, T, dtype=torch.bool, device=dev)
@@ -132,7 +136,7 @@ def noisy_top_k(u: Tensor,           # (G, d) router inputs, float32
                 noisy: bool,         # add the noise (training)
                 noise_eps: float = 1e-2
                ) -> tuple[Tensor, Tensor, Tensor]:   # index (G, k), gate (G, k), load (G, n)
-    "Noisy top-k gating: the selected experts, their gates (softmax over the k), and each expert's selection (smooth while noisy)."
+    "Noisy top-k gating: selected experts, their gates (softmax over the k), each expert's selection (smooth if noisy)."
     clean = u @ w_gate                                                     # (G, n)
     if noisy:
         noise_std = F.softplus(u @ w_noise) + noise_eps                    # (G, n)
@@ -156,6 +160,7 @@ class _AllReduceSum(torch.autograd.Function):
     def backward(ctx, g):
         g = g.clone(); dist.all_reduce(g); return g
 
+# %% ../nbs/01_routing.ipynb #3e2b2765
 def balance_loss(index: Tensor,       # (G, k)
                  gate: Tensor,        # (G, k)
                  load: Tensor,        # (G, n) selection of each expert (count or smooth estimate)
@@ -259,7 +264,6 @@ class Router(nn.Module):
         nn.init.zeros_(self.w_gate); nn.init.zeros_(self.w_noise)
         if self.level == "task": nn.init.normal_(self.task_embed)
         if self.first_input is not None: nn.init.zeros_(self.first_input)
-
     def _apply(self, fn, recurse=True):
         "One dtype policy: router parameters stay float32 whatever the model is cast to (before or after `moefy`)."
         super()._apply(fn, recurse)
@@ -268,17 +272,16 @@ class Router(nn.Module):
                 p.data = p.data.float()
                 if p.grad is not None: p.grad = p.grad.float()
         return self
-
     def extra_repr(self):
-        s = f"in_features={self.in_features}, n_experts={self.n_experts}, k={self.k}, level={self.level!r}"
-        if self.level == "task": s += f", n_tasks={self.n_tasks}, task_dim={self.task_dim}"
-        if self.segment_len: s += f", segment_len={self.segment_len}"
-        return s + f", noisy={self.noisy}, aux_coef={self.aux_coef}"
-
+        task = f", n_tasks={self.n_tasks}, task_dim={self.task_dim}" if self.level == "task" else ""
+        seg = f", segment_len={self.segment_len}" if self.segment_len else ""
+        return (f"in_features={self.in_features}, n_experts={self.n_experts}, k={self.k}, level={self.level!r}"
+                f"{task}{seg}, noisy={self.noisy}, aux_coef={self.aux_coef}")
     def forward(self, x: Tensor,                 # (B, L, d) token states
                 mask: Tensor | None = None,      # (B, L) attention mask, 1 = real token
                 task_ids: Tensor | None = None,  # (B,) integer task of each example (task level)
-                pooled: Tensor | None = None,    # (B, d) router input per sequence, instead of pooling x (sequence level)
+                # (B, d) router input per sequence, instead of pooling x (sequence level)
+                pooled: Tensor | None = None,
                 state: SegmentState | None = None  # prefix sums of earlier tokens (causal sequence level)
                ) -> Routing:
         if x.dim() != 3 or (pooled is None and self.level != "task" and x.shape[-1] != self.in_features):

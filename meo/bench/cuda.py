@@ -32,7 +32,8 @@ class Roofline:
 
 def merged_bounds(B: int, L: int, I: int, O: int, n: int, G: int, k: int, elem_bytes: int = 2,
                   roofline: Roofline | None = None, gathered: bool = False, bm: int = 128, bn: int = 128) -> dict:
-    "Lower bounds (seconds) of dense, path 1 (torch) and path 2 (fused, tiles bm x bn: the largest autotune tiles) of one forward product."
+    """Lower bounds (seconds) of dense, path 1 (torch), path 1b (select) and path 2 (fused, tiles bm x bn: the largest
+    autotune tiles) of one forward product, and of a training step."""
     r, s = roofline or Roofline(), elem_bytes
     T, w = B * L, O * I * s
     P, A = 2 * T * O * I, T * (I + O) * s
@@ -56,7 +57,8 @@ def merged_bounds(B: int, L: int, I: int, O: int, n: int, G: int, k: int, elem_b
                gemm=bound(gemm=P / r.gemm, hbm=(G * w + A) / r.hbm)[0] + 2 * (n + G) * w / r.hbm)
     out = dict(dense_s=dense, torch_s=times["torch"], select_s=times["select"], fused_s=fused, dense_by=dense_by,
                 torch_by=f"merge+{prod_by}", select_by=f"merge+{prod_by}", fused_by=fused_by,
-                torch_hbm_bytes=(n + G + reads) * w + A, fused_l2_bytes=l2_bytes, flops=P, best=min(times, key=times.get),
+                torch_hbm_bytes=(n + G + reads) * w + A, fused_l2_bytes=l2_bytes, flops=P,
+                best=min(times, key=times.get),
                 fused_bwd_s=bwd["fused"], gemm_bwd_s=bwd["gemm"], best_backward=min(bwd, key=bwd.get),
                 # a training step: forward, dX (a forward-like product: the product for paths 1/1b, the kernel for 2),
                 # and the experts' and gates' gradients
@@ -80,11 +82,14 @@ def _interpreted() -> bool:
 SHARED_BYTES = {80: 166912, 86: 101376, 89: 101376, 90: 232448}   # opt-in shared memory per block (CUDA guide)
 
 def compile_check(archs=(80, 90), dtypes=("fp32", "bf16", "fp16"), tuned=((90, "bf16"),)) -> dict:
-    """Compile both kernels for CUDA `archs` (sm_XX) to cubin with Triton's bundled ptxas, no GPU needed: GPU_BLOCKS for
-    every (arch, dtype), every autotune candidate for the pairs in `tuned`. {(arch, dtype, kernel, tiles, warps, stages): shared bytes}.
-    Raises if a kernel needs more shared memory than the architecture has."""
+    """Compile the kernels for CUDA `archs` (sm_XX) to cubin with Triton's bundled ptxas, no GPU needed: GPU_BLOCKS for
+    every (arch, dtype), every autotune candidate for the pairs in `tuned`. Returns
+    {(arch, dtype, kernel, tiles, warps, stages): shared bytes}; raises if a kernel needs more shared memory than the
+    architecture has."""
     if tri.triton is None: raise RuntimeError(tri.unavailable_reason())
-    if _interpreted(): raise RuntimeError("kernels are interpreted (TRITON_INTERPRET=1 at import): run compile_check in a process without it")
+    if _interpreted():
+        raise RuntimeError("kernels are interpreted (TRITON_INTERPRET=1 at import): run compile_check in a process "
+                           "without it")
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
     ints = lambda names: {a: "i32" for a in names.split()}
@@ -92,8 +97,10 @@ def compile_check(archs=(80, 90), dtypes=("fp32", "bf16", "fp16"), tuned=((90, "
     jobs = [(a, d, "mm", (g["BM"], g["BN"], g["BR"]), 4, 3) for a in archs for d in dtypes]
     jobs += [(a, d, "grad", (g["BO"], g["BI"], g["BL"]), 4, 3) for a in archs for d in dtypes]
     for a, d in tuned:
-        jobs += [(a, d, "mm", t, w, s) for t, w, s in tri.MM_CONFIGS] + [(a, d, "grad", t, w, s) for t, w, s in tri.GRAD_CONFIGS]
-    jobs += [(a, d, kern, (tri.SELECT_BLOCK, 0, 0), 4, 3) for a in archs for d in dtypes for kern in ("select", "select_grad")]
+        jobs += [(a, d, "mm", t, w, s) for t, w, s in tri.MM_CONFIGS]
+        jobs += [(a, d, "grad", t, w, s) for t, w, s in tri.GRAD_CONFIGS]
+    jobs += [(a, d, kern, (tri.SELECT_BLOCK, 0, 0), 4, 3) for a in archs for d in dtypes
+             for kern in ("select", "select_grad")]
     jobs += [(a, d, "grad1", (g["BO"], g["BI"], g["BL"]), 4, 3) for a in archs for d in dtypes]
     out = {}
     for arch, dt, kern, (b0, b1, b2), warps, stages in dict.fromkeys(jobs):
@@ -104,7 +111,8 @@ def compile_check(archs=(80, 90), dtypes=("fp32", "bf16", "fp16"), tuned=((90, "
                    **{c: "constexpr" for c in "HAS_BIAS PREC BM BN BR".split()}}
             src = ASTSource(tri.KERNELS["mm"], sig, dict(HAS_BIAS=True, PREC=prec, BM=b0, BN=b1, BR=b2))
         elif kern == "select":
-            sig = {"W": f"*{dt}", "V": f"*{dt}", "IDX": "*i64", "OUT": f"*{dt}", **ints("F K swe"), "BLOCK": "constexpr"}
+            sig = {"W": f"*{dt}", "V": f"*{dt}", "IDX": "*i64", "OUT": f"*{dt}", **ints("F K swe"),
+                   "BLOCK": "constexpr"}
             src = ASTSource(tri.KERNELS["select"], sig, dict(BLOCK=b0))
         elif kern == "select_grad":
             sig = {"W": f"*{dt}", "V": f"*{dt}", "IDX": "*i64", "DOUT": f"*{dt}", "DW": "*fp32", "DVP": "*fp32",
@@ -113,14 +121,16 @@ def compile_check(archs=(80, 90), dtypes=("fp32", "bf16", "fp16"), tuned=((90, "
         else:
             accum = kern == "grad"                               # "grad1": one gate row, dW stored in its dtype
             sig = {**{p: f"*{dt}" for p in "X DY W V".split()}, **{p: "*i64" for p in "IDX PERM OFF".split()},
-                   "DW": "*fp32" if accum else f"*{dt}", "DGP": "*fp32", **ints("L O I G K LB sxb sxl sxi sdb sdl sdo swe swo swi"),
+                   "DW": "*fp32" if accum else f"*{dt}", "DGP": "*fp32",
+                   **ints("L O I G K LB sxb sxl sxi sdb sdl sdo swe swo swi"),
                    **{c: "constexpr" for c in "PREC ACCUM BO BI BL".split()}}
             src = ASTSource(tri.KERNELS["grad"], sig, dict(PREC=prec, ACCUM=accum, BO=b0, BI=b1, BL=b2))
-        c = tri.triton.compile(src, target=GPUTarget("cuda", arch, 32), options=dict(num_warps=warps, num_stages=stages))
+        c = tri.triton.compile(src, target=GPUTarget("cuda", arch, 32),
+                               options=dict(num_warps=warps, num_stages=stages))
         shared = c.metadata.shared
         if shared > SHARED_BYTES.get(arch, 101376):
-            raise RuntimeError(f"{kern} with tiles {(b0, b1, b2)}, {warps} warps, {stages} stages needs {shared} bytes of "
-                               f"shared memory on sm_{arch}: more than its {SHARED_BYTES.get(arch, 101376)}")
+            raise RuntimeError(f"{kern} with tiles {(b0, b1, b2)}, {warps} warps, {stages} stages needs {shared} "
+                               f"bytes of shared memory on sm_{arch}: more than its {SHARED_BYTES.get(arch, 101376)}")
         out[(arch, dt, kern, (b0, b1, b2), warps, stages)] = shared
     return out
 
@@ -128,7 +138,7 @@ def compile_check(archs=(80, 90), dtypes=("fp32", "bf16", "fp16"), tuned=((90, "
 MOE_BACKENDS = ("auto", "grouped_mm", "sorted")
 
 def moe_ref(x: Tensor, weight: Tensor, bias: Tensor | None, vals: Tensor, idx: Tensor) -> Tensor:
-    "Reference vanilla MoE: y[t] = sum_j vals[t, j] (W[idx[t, j]] x[t] + b[idx[t, j]]). x (T, I) -> (T, O). Builds (T, k, O, I)."
+    "Reference vanilla MoE: y[t] = sum_j vals[t, j] (W[idx[t, j]] x[t] + b[idx[t, j]]), x (T, I); builds (T, k, O, I)."
     y = torch.einsum("ti,tkoi,tk->to", x, weight[idx], vals)
     return y if bias is None else y + (vals[..., None] * bias[idx]).sum(1)
 
@@ -137,8 +147,9 @@ def _grouped_mm_ok(x: Tensor, weight: Tensor) -> bool:
     return (hasattr(torch, "_grouped_mm") and x.is_cuda and x.dtype == torch.bfloat16
             and torch.cuda.get_device_capability(x.device) >= (9, 0) and (I * 2) % 16 == 0 and (O * 2) % 16 == 0)
 
-def moe_grouped(x: Tensor, weight: Tensor, bias: Tensor | None, vals: Tensor, idx: Tensor, backend: str = "auto") -> Tensor:
-    "Vanilla MoE over expert-sorted (token, expert) pairs: one grouped GEMM (or one GEMM per expert segment). x (T, I) -> (T, O)."
+def moe_grouped(x: Tensor, weight: Tensor, bias: Tensor | None, vals: Tensor, idx: Tensor,
+                backend: str = "auto") -> Tensor:
+    "Vanilla MoE over expert-sorted (token, expert) pairs: one grouped GEMM (or a GEMM per expert); x (T, I) -> (T, O)."
     check_choice("backend", backend, MOE_BACKENDS)
     (T, k), (n, O, I) = idx.shape, weight.shape
     if backend == "auto": backend = "grouped_mm" if _grouped_mm_ok(x, weight) else "sorted"
@@ -166,7 +177,8 @@ def best_seconds(fn, device, repeats: int = 5) -> float:
         t = time.perf_counter(); fn(); _sync(device); best = min(best, time.perf_counter() - t)
     return best
 
-def measure_roofline(device="cuda", dtype=torch.bfloat16, mb: int = 1024, size: int = 8192, repeats: int = 5) -> Roofline:
+def measure_roofline(device="cuda", dtype=torch.bfloat16, mb: int = 1024, size: int = 8192,
+                     repeats: int = 5) -> Roofline:
     "Measured HBM bytes/s (copy) and GEMM FLOP/s (square matmul in `dtype`); L2 and vector rates from the defaults."
     a = torch.empty(mb * 2**20, dtype=torch.uint8, device=device); b = torch.empty_like(a)
     hbm = 2 * a.numel() / best_seconds(lambda: b.copy_(a), device, repeats)
@@ -225,6 +237,7 @@ def block_fn(method, x, p, k, pass_, auto=("torch", "torch")):
         fwd().float().sum().backward()
     return fn
 
+# %% ../../nbs/21_bench_cuda.ipynb #01104319
 def block_bound(method, B, L, d, d_ff, n, k, G, elem, roofline, pass_, fused_ok: bool = True) -> tuple[float, str]:
     "Seconds and binding resource of the block's roofline bound for `method` (`meo_auto`: the path it takes)."
     total, by = 0.0, []
@@ -259,7 +272,8 @@ def bench_layer(device="cuda", dtype=torch.bfloat16, d=768, d_ff=3072, batch=16,
             x = torch.randn(batch, seq_len, d, device=device, dtype=dtype)
             for pass_ in passes:
                 train = pass_ == "train"
-                for t in [x] + [t for q in p.values() for t in q.values() if t.is_floating_point()]: t.requires_grad_(train)
+                for t in [x] + [t for q in p.values() for t in q.values() if t.is_floating_point()]:
+                    t.requires_grad_(train)
                 auto = tuple(choose(batch, seq_len, I, O, n, G, k, x.element_size(), roofline, train) if fused_ok
                              else "torch" for I, O in ((d, d_ff), (d_ff, d)))
                 fns = {m: block_fn(m, x, p, k, pass_, auto) for m in methods if m not in skip}
@@ -271,10 +285,12 @@ def bench_layer(device="cuda", dtype=torch.bfloat16, d=768, d_ff=3072, batch=16,
                         times[m].append(time.perf_counter() - t0)
                 ms = {m: 1000 * statistics.median(v) for m, v in times.items()}
                 for m in methods:
-                    bound, by = block_bound(m, batch, seq_len, d, d_ff, n, k, G, x.element_size(), roofline, pass_, fused_ok)
+                    bound, by = block_bound(m, batch, seq_len, d, d_ff, n, k, G, x.element_size(), roofline, pass_,
+                                            fused_ok)
                     t = ms.get(m, math.nan)
-                    rows.append(dict(device=str(device), dtype=str(dtype).replace("torch.", ""), level=level, k=k, pass_=pass_,
-                                     method=m, ms=round(t, 4), bound_ms=round(1000 * bound, 4), bound_by=by,
+                    rows.append(dict(device=str(device), dtype=str(dtype).replace("torch.", ""), level=level, k=k,
+                                     pass_=pass_, method=m, ms=round(t, 4), bound_ms=round(1000 * bound, 4),
+                                     bound_by=by,
                                      pct_of_bound=round(100 * 1000 * bound / t, 1) if t == t else math.nan,
                                      vs_dense=round(t / ms["dense"], 3) if "dense" in ms else math.nan,
                                      vs_moe=round(t / ms["moe"], 3) if "moe" in ms else math.nan,
@@ -287,16 +303,22 @@ def write_csv(rows: list[dict], path) -> Path:
         w = csv.DictWriter(f, fieldnames=list(rows[0])); w.writeheader(); w.writerows(rows)
     return path
 
+# %% ../../nbs/21_bench_cuda.ipynb #2e922db2
 def main(argv=None):
     "Benchmark the MEO/MoE feed-forward block on a GPU against the device's roofline; write bench_layer_cuda.csv."
     p = argparse.ArgumentParser(prog="python -m meo.bench.cuda", description=main.__doc__)
-    p.add_argument("--device", default="cuda"); p.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16", "float16"])
+    p.add_argument("--device", default="cuda")
+    p.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16", "float16"])
     p.add_argument("--out", default="results"); p.add_argument("--repeats", type=int, default=10)
-    p.add_argument("--ks", type=int, nargs="+", default=[1, 2, 4, 8, 16]); p.add_argument("--seq-len", type=int, default=128)
+    p.add_argument("--ks", type=int, nargs="+", default=[1, 2, 4, 8, 16])
+    p.add_argument("--seq-len", type=int, default=128)
     p.add_argument("--batch", type=int, default=16)
-    p.add_argument("--l2-bw", type=float, default=None, help="L2 bytes/s for the fused bound (default: Roofline's guess)")
-    p.add_argument("--dry-run", action="store_true", help="tiny shapes, one repeat: checks that the script runs (CPU is fine)")
-    p.add_argument("--model", action="store_true", help="also whole models: BERT-base forward/training, GPT-2 generate()")
+    p.add_argument("--l2-bw", type=float, default=None,
+                   help="L2 bytes/s for the fused bound (default: Roofline's guess)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="tiny shapes, one repeat: checks that the script runs (CPU is fine)")
+    p.add_argument("--model", action="store_true",
+                   help="also whole models: BERT-base forward/training, GPT-2 generate()")
     a = p.parse_args(argv)
     dtype = getattr(torch, a.dtype)
     if torch.device(a.device).type == "cuda" and not torch.cuda.is_available():
@@ -304,7 +326,8 @@ def main(argv=None):
     shape = dict(d=32, d_ff=48, batch=2, seq_len=a.seq_len if a.seq_len != 128 else 8, n=4) if a.dry_run else \
             dict(d=768, d_ff=3072, batch=a.batch, seq_len=a.seq_len, n=16)
     ks = [k for k in a.ks if k <= shape["n"]] if a.dry_run else a.ks
-    r = measure_roofline(a.device, dtype, mb=8 if a.dry_run else 1024, size=64 if a.dry_run else 8192, repeats=1 if a.dry_run else 5)
+    r = measure_roofline(a.device, dtype, mb=8 if a.dry_run else 1024, size=64 if a.dry_run else 8192,
+                         repeats=1 if a.dry_run else 5)
     if a.l2_bw: r = Roofline(r.hbm, a.l2_bw, r.gemm, r.vector, r.name + ", l2 given")
     print(f"{r.name}: HBM {r.hbm / 1e12:.2f} TB/s, GEMM {r.gemm / 1e12:.1f} TFLOP/s ({a.dtype}); "
           f"L2 {r.l2 / 1e12:.1f} TB/s and vector {r.vector / 1e12:.0f} TFLOP/s assumed")
@@ -320,20 +343,23 @@ def main(argv=None):
         mrows = bench_model(a.device, dtype, ks=a.ks,
                             repeats=1 if a.dry_run else a.repeats, dry_run=a.dry_run)
         for row in mrows:
-            print(f"{row['model']:9s} {row['method']:5s} k={row['k'] or '-'!s:>2s} {row['pass_']:8s} {row['per_s']:10.1f} "
-                  f"{row['unit']}/s  x{row['vs_dense']:.2f} dense")
-        print("wrote", write_csv(mrows, Path(a.out) / ("bench_model_cuda_dryrun.csv" if a.dry_run else "bench_model_cuda.csv")))
+            print(f"{row['model']:9s} {row['method']:5s} k={row['k'] or '-'!s:>2s} {row['pass_']:8s} "
+                  f"{row['per_s']:10.1f} {row['unit']}/s  x{row['vs_dense']:.2f} dense")
+        print("wrote",
+              write_csv(mrows, Path(a.out) / ("bench_model_cuda_dryrun.csv" if a.dry_run else "bench_model_cuda.csv")))
     return rows
 
 # %% ../../nbs/21_bench_cuda.ipynb #faab3764
 def _model_configs(dry_run: bool):
     from transformers import BertConfig, GPT2Config
-    if dry_run: return (BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=48, vocab_size=100),
-                        GPT2Config(n_embd=32, n_layer=2, n_head=2, vocab_size=100, n_positions=128))
+    if dry_run:
+        return (BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=48,
+                           vocab_size=100), GPT2Config(n_embd=32, n_layer=2, n_head=2, vocab_size=100, n_positions=128))
     return BertConfig(), GPT2Config()
 
 def bench_model(device="cuda", dtype=torch.bfloat16, ks=(1, 4, 16), n: int = 16, batch: int = 16, seq_len: int = 128,
-                gen_batch: int = 8, prompt: int = 32, new_tokens: int = 32, repeats: int = 5, dry_run: bool = False) -> list[dict]:
+                gen_batch: int = 8, prompt: int = 32, new_tokens: int = 32, repeats: int = 5,
+                dry_run: bool = False) -> list[dict]:
     "Samples/s of a whole BERT-base (forward, training step) and tokens/s of a GPT-2's generate(): dense, MoE, MEO."
     import copy
     from transformers import BertForSequenceClassification, GPT2LMHeadModel
@@ -361,15 +387,17 @@ def bench_model(device="cuda", dtype=torch.bfloat16, ks=(1, 4, 16), n: int = 16,
             else:
                 def generate():
                     with torch.no_grad():
-                        model.eval().generate(prompt_ids, attention_mask=torch.ones_like(prompt_ids), max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
+                        model.eval().generate(prompt_ids, attention_mask=torch.ones_like(prompt_ids),
+                                              max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
                                               pad_token_id=0)
                 passes = {"generate": (generate, gen_batch * new_tokens)}
             for pass_, (fn, units) in passes.items():
                 s = best_seconds(fn, device, repeats)
                 rate = units / s
                 if method == "dense": dense_rate[pass_] = rate
-                rows.append(dict(model=arch, method=method, level=None if method == "dense" else "sequence", n_experts=None
-                                 if method == "dense" else n, k=k, pass_=pass_, ms=1e3 * s, per_s=rate,
+                dense = method == "dense"
+                rows.append(dict(model=arch, method=method, level=None if dense else "sequence",
+                                 n_experts=None if dense else n, k=k, pass_=pass_, ms=1e3 * s, per_s=rate,
                                  unit="tokens" if pass_ == "generate" else "samples", vs_dense=rate / dense_rate[pass_],
                                  device=str(device), dtype=str(dtype).replace("torch.", "")))
             del model

@@ -122,7 +122,8 @@ def get_backend(name: str) -> Backend:
     "The backend `name`, importing a built-in one on first use."
     if name not in BACKENDS and name in BUILTIN: importlib.import_module(BUILTIN[name])
     if name not in BACKENDS:
-        raise ValueError(f"backend={name!r} is not valid: expected one of {', '.join(map(repr, sorted({*BACKENDS, *BUILTIN})))}")
+        names = ", ".join(map(repr, sorted({*BACKENDS, *BUILTIN})))
+        raise ValueError(f"backend={name!r} is not valid: expected one of {names}")
     return BACKENDS[name]
 
 def check_options(name: str, options: dict) -> Backend:

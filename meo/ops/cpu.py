@@ -78,7 +78,7 @@ def clear_workspace():
     _ws.bufs = {}
 
 def _auto_block(O: int, I: int, G: int, block: int | None, itemsize: int = 4) -> int:
-    "Output rows per product: `block`, or all rows if their merged weights fit the workspace, else as many as fit (>= 64)."
+    "Output rows per product: `block`, or all rows if their merged weights fit the workspace, else as many as fit."
     if block: return min(block, O)
     rows = WORKSPACE_BYTES // max(1, G * I * itemsize)
     return O if rows >= O else max(MERGE_ROWS, rows // MERGE_ROWS * MERGE_ROWS)
@@ -88,7 +88,8 @@ def _merge_rows(buf: Tensor, weight: Tensor, o0: int, index: Tensor, gate: Tenso
     n, _, I = weight.shape
     m = buf.shape[1] // I
     for s0, s1 in _blocks(m, MERGE_ROWS):
-        _merge_into(buf[:, s0 * I:s1 * I], weight[:, o0 + s0:o0 + s1].reshape(n, (s1 - s0) * I), index, gate, dense, mode)
+        _merge_into(buf[:, s0 * I:s1 * I], weight[:, o0 + s0:o0 + s1].reshape(n, (s1 - s0) * I), index, gate, dense,
+                    mode)
     return buf
 
 def _frobenius(slab: Tensor, D: Tensor, index: Tensor, mode: str) -> Tensor:
@@ -96,11 +97,14 @@ def _frobenius(slab: Tensor, D: Tensor, index: Tensor, mode: str) -> Tensor:
     acc = torch.promote_types(slab.dtype, torch.float32)
     if mode == "gemm": return (D.to(acc) @ slab.to(acc).T).gather(1, index)
     G, k = index.shape
-    if slab.device.type == "cpu" and 0 < G * k <= 64 and slab.dtype == acc:  # few rows: dot products of views, no copies
+    # few rows: dot products of views, no copies
+    if slab.device.type == "cpu" and 0 < G * k <= 64 and slab.dtype == acc:
         idx = index.tolist()
         return torch.stack([torch.stack([torch.dot(slab[idx[g][j]], D[g]) for j in range(k)]) for g in range(G)])
-    return torch.stack([(slab.index_select(0, index[:, j]).to(acc) * D.to(acc)).sum(1) for j in range(index.shape[1])], 1)
+    return torch.stack([(slab.index_select(0, index[:, j]).to(acc) * D.to(acc)).sum(1) for j in range(index.shape[1])],
+                       1)
 
+# %% ../../nbs/02b_ops_cpu.ipynb #bcec357b
 def _scatter_add_experts(out: Tensor, D: Tensor, index: Tensor, gate: Tensor, dense: Tensor | None, mode: str,
                          assign: bool = False):
     "out (n, m) += (or, `assign` in gemm mode, =) sum over (g, j) with index[g,j] = i of gate[g,j] * D[g]."
@@ -117,7 +121,7 @@ def _scatter_add_experts(out: Tensor, D: Tensor, index: Tensor, gate: Tensor, de
 
 def _apply(x: Tensor, W: Tensor, rows: list | None, out: Tensor, transpose: bool = True, accumulate: bool = False,
            scratch: Tensor | None = None, bias: Tensor | None = None):
-    "out_b (+)= x_b @ W_{g(b)}^T (or @ W_{g(b)}) [+ bias_{g(b)}]; x (B, L, ·), W (G, ·, ·), out (B, L, ·) maybe strided."
+    "out_b (+)= x_b @ W_g(b)^T (or @ W_g(b)) [+ bias_g(b)]; x (B, L, ·), W (G, ·, ·), out (B, L, ·) maybe strided."
     Wt = W.transpose(1, 2) if transpose else W
     if rows is None:
         if accumulate: out.baddbmm_(x, Wt); return
@@ -199,7 +203,7 @@ def _backward_one(x, dy, weight, gw, index, rows, need, dx, dw, dgate, acc):
         if need_w: dw[e].addmm_(d2.T, x2, alpha=a)
 
 def _backward_blocks(x, dy, weight, gw, index, rows, need, dx, dw, dgate, mode, block):
-    "k > 1: dx += dy W_hat block by block; D_g = dy_g^T x_g a few rows at a time, into dW (scatter) and dgate (Frobenius)."
+    "k > 1: dx += dy W_hat block by block; D_g = dy_g^T x_g a few rows at a time, into dW and dgate."
     (G, _), (n, O, I) = index.shape, weight.shape
     need_x, need_w, need_g = need
     dense = dense_gates(index, gw, n) if mode == "gemm" else None
@@ -252,7 +256,8 @@ class _MergedProduct(torch.autograd.Function):
             if k == 1: _backward_one(x, dy, weight, gw, index, ctx.rows, (need_x, need_w, need_g), dx, dw, dgate, acc)
             else: _backward_blocks(x, dy, weight, gw, index, ctx.rows, (need_x, need_w, need_g), dx, dw, dgate,
                                    ctx.mode, ctx.block)
-        db = _backward_bias(dy, bias, gw, index, ctx.rows, need_b, dgate) if bias is not None and (need_b or need_g) else None
+        db = _backward_bias(dy, bias, gw, index, ctx.rows, need_b,
+                            dgate) if bias is not None and (need_b or need_g) else None
         return dx, dw, db, (dgate.to(gate.dtype) if need_g else None), None, None, None, None
 
 def merged_product_torch(x: Tensor,              # (B, L, I)

@@ -27,11 +27,13 @@ __all__ = ['GPU_BLOCKS', 'TEST_BLOCKS', 'MM_CONFIGS', 'GRAD_CONFIGS', 'KERNELS',
 if triton is not None:
     @triton.jit
     def _merged_mm_kernel(X, W, Bias, V, IDX, GRP, Y,        # pointers
-                          L, N, R, K, LB,                      # tokens per row, output cols, reduction, k; LB: L's bucket (autotune key)
+                          # tokens per row, output cols, reduction, k; LB: L's bucket (autotune key)
+                          L, N, R, K, LB,
                           sxb, sxl, sxr, swe, swn, swr, sbe, sbn, syb, syl, syn,
                           HAS_BIAS: tl.constexpr, PREC: tl.constexpr,
                           BM: tl.constexpr, BN: tl.constexpr, BR: tl.constexpr):
-        # Y[b, m, c] = sum_r X[b, m, r] (sum_j V[g, j] W[IDX[g, j], c, r]) (+ sum_j V[g, j] Bias[IDX[g, j], c]), g = GRP[b]
+        # Y[b, m, c] = sum_r X[b, m, r] (sum_j V[g, j] W[IDX[g, j], c, r]) (+ sum_j V[g, j] Bias[IDX[g, j], c])
+        # with g = GRP[b]
         pid_m, pid_n, b = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
         g = tl.load(GRP + b)
         rm = pid_m * BM + tl.arange(0, BM)
@@ -58,13 +60,16 @@ if triton is not None:
         tl.store(Y + b * syb + rm[:, None] * syl + rn[None, :] * syn, acc.to(Y.dtype.element_ty),
                  mask=(rm[:, None] < L) & (rn[None, :] < N))
 
-
+# %% ../../nbs/02c_ops_triton.ipynb #42995a35
+if triton is not None:
     @triton.jit
     def _merged_grad_kernel(X, DY, W, V, IDX, PERM, OFF, DW, DGP,
                             L, O, I, G, K, LB,
                             sxb, sxl, sxi, sdb, sdl, sdo, swe, swo, swi,
-                            PREC: tl.constexpr, ACCUM: tl.constexpr, BO: tl.constexpr, BI: tl.constexpr, BL: tl.constexpr):
-        # one (O, I) tile: P_g = sum_{b in g} DY[b]^T X[b];  DW[e] += V[g, j] P_g;  DGP[tile, g, j] = <W[e], P_g> on the tile
+                            PREC: tl.constexpr, ACCUM: tl.constexpr,
+                            BO: tl.constexpr, BI: tl.constexpr, BL: tl.constexpr):
+        # one (O, I) tile: P_g = sum_{b in g} DY[b]^T X[b];  DW[e] += V[g, j] P_g;
+        # DGP[tile, g, j] = <W[e], P_g> on the tile
         # ACCUM False (one gate row: no expert twice): DW[e] = V[g, j] P_g stored once, in DW's dtype
         pid_o, pid_i = tl.program_id(0), tl.program_id(1)
         tile = pid_o * tl.num_programs(1) + pid_i
@@ -98,7 +103,8 @@ if triton is not None:
                 if ACCUM:
                     tl.debug_barrier()  # the next gate row may read these dW tiles back: make this row's writes visible
 
-
+# %% ../../nbs/02c_ops_triton.ipynb #c5d37929
+if triton is not None:
     @triton.jit
     def _select_merge_kernel(W, V, IDX, OUT, F, K, swe, BLOCK: tl.constexpr):
         # OUT[g, f] = sum_j V[g, j] W[IDX[g, j], f], f over an expert's O*I elements (contiguous)
@@ -130,8 +136,10 @@ if triton is not None:
             tl.debug_barrier()      # the next gate row may read these dW elements back
 
 # %% ../../nbs/02c_ops_triton.ipynb #b5296237
-GPU_BLOCKS = dict(BM=64, BN=64, BR=32, BO=64, BI=64, BL=32)   # fixed tiles when `blocks` is given (no GPU has run them yet)
-TEST_BLOCKS = dict(BM=16, BN=16, BR=16, BO=16, BI=16, BL=16)  # the smallest tl.dot tiles: many tiles at tiny test shapes
+# fixed tiles when `blocks` is given (no GPU has run them yet)
+GPU_BLOCKS = dict(BM=64, BN=64, BR=32, BO=64, BI=64, BL=32)
+# the smallest tl.dot tiles: many tiles at tiny test shapes
+TEST_BLOCKS = dict(BM=16, BN=16, BR=16, BO=16, BI=16, BL=16)
 # autotuned candidates on a GPU, (tiles, num_warps, num_stages); the tuning key buckets L to a power of two
 MM_CONFIGS = [((64, 64, 32), 4, 3), ((128, 64, 32), 4, 3), ((64, 128, 32), 4, 3), ((128, 128, 32), 8, 3),
               ((128, 128, 64), 8, 3), ((64, 64, 64), 4, 4)]
@@ -162,7 +170,8 @@ def _interpreter_fault() -> str | None:
     "Why Triton's interpreter fails in this process, or None: it must be chosen before anything imports triton."
     global _PROBING
     _PROBING = True
-    try:   # triton imported earlier without TRITON_INTERPRET (torch.compile imports it) keeps compiled helpers: run one launch
+    # triton imported earlier without TRITON_INTERPRET (torch.compile imports it) keeps compiled helpers: run one launch
+    try:
         _fused(torch.ones(1, 2, 8), torch.ones(2, 3, 8), None, torch.ones(1, 1), torch.zeros(1, 1, dtype=torch.long),
                torch.zeros(1, dtype=torch.long), True, "fused", dict(TEST_BLOCKS))
         return None
@@ -174,7 +183,7 @@ def _interpreter_fault() -> str | None:
 _PROBING = False   # True while `_interpreter_fault` runs its launch
 
 def available(device="cuda") -> bool:
-    "Can the kernels run on tensors of `device`: Triton imported and a CUDA device, or CPU tensors in Triton's interpreter."
+    "Can the kernels run on tensors of `device`: Triton and a CUDA device, or CPU tensors in Triton's interpreter."
     if triton is None: return False
     dev = torch.device(device)
     if dev.type == "cuda": return torch.cuda.is_available() and not _interpreted()
@@ -183,28 +192,32 @@ def available(device="cuda") -> bool:
 def _version() -> tuple:
     return tuple(int(p) for p in triton.__version__.split(".")[:2] if p.isdigit())
 
+# %% ../../nbs/02c_ops_triton.ipynb #42300c03
 def unavailable_reason(device="cuda") -> str | None:
     "Why `available(device)` is False (None when it is True)."
     if triton is None: return f"triton cannot be imported ({_TRITON_ERROR}): pip install 'meo[gpu]'"
     if available(device): return None
     dev = torch.device(device)
     if dev.type == "cuda":
-        return "no CUDA device" if not torch.cuda.is_available() else "kernels were interpreted (TRITON_INTERPRET=1 at import)"
+        if not torch.cuda.is_available(): return "no CUDA device"
+        return "kernels were interpreted (TRITON_INTERPRET=1 at import)"
     if dev.type == "cpu" and _interpreted() and _version() >= (3, 7): return _interpreter_fault()
     if dev.type == "cpu" and _interpreted():
         return (f"triton {triton.__version__}'s interpreter fails with NumPy 2 (checked: 3.6 fails; 3.7.1, 3.8 and 3.9 "
                 "work): pip install 'triton>=3.7'")
     return f"{dev.type} tensors need Triton's interpreter: set TRITON_INTERPRET=1 before importing triton"
 
+# the kernels by name, for the GPU bench's compile check
 KERNELS = dict(mm=_merged_mm_kernel, grad=_merged_grad_kernel, select=_select_merge_kernel,
-               select_grad=_select_merge_grad_kernel) if triton is not None else {}   # for the GPU bench's compile check
+               select_grad=_select_merge_grad_kernel) if triton is not None else {}
 
 # %% ../../nbs/02c_ops_triton.ipynb #610cb733
 def _precision(dtype) -> str:
     return "ieee" if dtype == torch.float32 else "tf32"      # float32: exact products as torch's default; else ignored
 
 def _launch_mm(x, weight, bias, vals, idx, group, N, R, sw_n, sw_r, blocks):
-    "Y[b] = X[b] @ merged(W)^T with W's (N, R) strides given: the forward (N=O, R=I) and dX (N=I, R=O). blocks None: autotuned."
+    """Y[b] = X[b] @ merged(W)^T with W's (N, R) strides given: the forward (N=O, R=I) and dX (N=I, R=O).
+    `blocks` None: autotuned."""
     B, L, _ = x.shape
     y = torch.empty(B, L, N, dtype=x.dtype, device=x.device)
     bias_ = bias if bias is not None else weight                 # a placeholder pointer when HAS_BIAS is False
@@ -241,7 +254,8 @@ class _FusedMergedLinear(torch.autograd.Function):
             dw, dvals = (_grad_gemm(x, dy, weight, vals, idx, group, ctx.identity, need_w) if ctx.bwd == "gemm" else
                          _grad_fused(x, dy, weight, vals, idx, group, ctx.blocks, need_w))
         if bias is not None and (need_b or need_v):
-            s = torch.zeros(G, O, dtype=torch.float32, device=x.device).index_add_(0, group, dy.float().sum(1))  # (G, O)
+            # (G, O)
+            s = torch.zeros(G, O, dtype=torch.float32, device=x.device).index_add_(0, group, dy.float().sum(1))
             if need_b:
                 db = torch.zeros(n, O, dtype=torch.float32, device=x.device).index_add_(
                     0, idx.flatten(), (vals.float()[..., None] * s[:, None, :]).flatten(0, 1)).to(bias.dtype)
@@ -305,7 +319,8 @@ class _SelectMerge(torch.autograd.Function):
         tiles = triton.cdiv(O * I, block)
         dw32 = torch.zeros(n, O, I, dtype=torch.float32, device=w.device)
         parts = torch.zeros(tiles, G, k, dtype=torch.float32, device=w.device)
-        _select_merge_grad_kernel[(tiles,)](w, vals, idx, dout.contiguous(), dw32, parts, O * I, G, k, O * I, BLOCK=block)
+        _select_merge_grad_kernel[(tiles,)](w, vals, idx, dout.contiguous(), dw32, parts, O * I, G, k, O * I,
+                                            BLOCK=block)
         dvals = parts.sum(0).to(vals.dtype)
         return (dw32.to(w.dtype) if ctx.needs_input_grad[0] else None), dvals, None, None
 
@@ -322,16 +337,19 @@ def merged_product_triton(x: Tensor,              # (B, L, I)
                           weight: Tensor,         # (n, O, I)
                           bias: Tensor | None,    # (n, O)
                           routing: Routing,
-                          path: str = "fused",    # 'fused' (merge on chip) or 'select' (select-merge kernel, then torch)
+                          # 'fused' (merge on chip) or 'select' (select-merge kernel, then torch)
+                          path: str = "fused",
                           backward: str = "fused",  # the fused path's expert/gate gradients: 'fused' or 'gemm'
                           blocks: dict | None = None) -> Tensor:   # fixed tiles (None: autotuned on a GPU)
     "The merged product by the Triton kernels."
-    if not available(x.device): raise RuntimeError(f"the Triton kernels cannot run on {x.device}: {unavailable_reason(x.device)}")
+    if not available(x.device):
+        raise RuntimeError(f"the Triton kernels cannot run on {x.device}: {unavailable_reason(x.device)}")
     vals, idx = routing.gate.to(weight.dtype), routing.index
     if x.is_cuda and torch.is_autocast_enabled("cuda"):                   # autocast: run the kernels in its dtype
         dt = torch.get_autocast_dtype("cuda")
         x, weight, vals, bias = x.to(dt), weight.to(dt), vals.to(dt), None if bias is None else bias.to(dt)
-    if blocks is not None or _interpreted(): blocks = {**(TEST_BLOCKS if _interpreted() else GPU_BLOCKS), **(blocks or {})}
+    if blocks is not None or _interpreted(): blocks = {**(TEST_BLOCKS if _interpreted() else GPU_BLOCKS),
+                                                       **(blocks or {})}
     if path == "select":
         w_hat = _SelectMerge.apply(weight, vals, idx, 256 if _interpreted() else SELECT_BLOCK)
         return apply_merged(x, w_hat, None if bias is None else merge(bias, idx, vals), routing)
@@ -343,7 +361,8 @@ def merged_product_triton(x: Tensor,              # (B, L, I)
 
 def _check(path: str = "fused", backward: str = "fused", blocks: dict | None = None):
     check_choice("path", path, PATHS); check_choice("backward", backward, BACKWARDS)
-    if blocks is not None and not isinstance(blocks, dict): raise ValueError(f"blocks={blocks!r}: expected a dict of tiles")
+    if blocks is not None and not isinstance(blocks,
+                                             dict): raise ValueError(f"blocks={blocks!r}: expected a dict of tiles")
 
 register_backend("triton", merged_product_triton, ("path", "backward", "blocks"), check=_check,
                  about="fused merge-and-multiply Triton kernels (CUDA; CPU in Triton's interpreter); opt-in")
