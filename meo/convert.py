@@ -9,7 +9,6 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from types import MappingProxyType
 import torch
 from torch import nn, Tensor
 from .core import MEOConfig, router_level
@@ -89,7 +88,7 @@ class CallContext:
     pooled: Tensor | None = None           # (B, d) router input of cross-routed layers (pooled encoder states)
     cache: object = None                   # the generation cache of the call
     past: int = 0                          # tokens already in the cache
-    states: MappingProxyType | None = None  # prefix sums carried in by the cache (read only)
+    states: dict | None = None             # prefix sums carried in by the cache (a copy: read only)
     new_states: dict = field(default_factory=dict)  # this call's prefix sums, for the next step
     aux_scale: float = 1.0                 # weight of the aux loss's gradient (1 / gradient accumulation steps)
 
@@ -102,14 +101,25 @@ class CallContext:
 _CALL: ContextVar = ContextVar("meo_call", default=None)
 _RECOMPUTE: ContextVar = ContextVar("meo_recompute", default=False)
 
+class _Traced:
+    "Where the running call's context lives while torch.compile traces a call (it cannot trace a ContextVar)."
+    call = None
+
+def _get_call() -> CallContext | None:
+    return _Traced.call if torch.compiler.is_compiling() else _CALL.get()
+
+def _set_call(ctx: CallContext | None):
+    if torch.compiler.is_compiling(): _Traced.call = ctx
+    else: _CALL.set(ctx)
+
 def current_call(owner=None) -> CallContext | None:
     "The context of the running call (of `owner`'s innermost call if given), or None outside any call."
-    c = _CALL.get()
+    c = _get_call()
     return c if owner is None or c is None else c.find(owner)
 
 def recomputing() -> bool:
     "True while a checkpointed segment is recomputed in backward (routing statistics are then not counted again)."
-    return _RECOMPUTE.get()
+    return False if torch.compiler.is_compiling() else _RECOMPUTE.get()
 
 @contextmanager
 def call_scope(ctx: CallContext | None, recompute: bool = False):
@@ -203,6 +213,7 @@ class StackContext:
         "In evaluation without autograd, with a generation cache: the product from merged weights kept on the cache."
         call = current_call(self)
         if torch.is_grad_enabled() or layer.training or call is None or call.cache is None: return None
+        if torch.compiler.is_compiling(): return None                      # the store's reuse test reads values
         store = getattr(call.cache, "_meo_merged", None)
         if store is None: store = call.cache._meo_merged = {}
         return _decode(layer, h, routing, store)
@@ -211,15 +222,19 @@ class StackContext:
 _CACHE_NAMES = ("cache", "past_key_values")
 _BATCH_NAMES = ("input_ids", "inputs_embeds", "decoder_input_ids", "decoder_inputs_embeds")
 
+def _positional_names(module: nn.Module) -> tuple:
+    "The names of `module.forward`'s positional parameters, read once when the model is converted."
+    params = inspect.signature(module.forward).parameters.values()
+    return tuple(p.name for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD))
+
 def _call_arguments(module: nn.Module, args, kwargs) -> dict:
-    bound = inspect.signature(module.forward).bind_partial(*args, **kwargs).arguments
-    extra = {k: v for k, v in bound.items() if isinstance(v, dict) and k == "kwargs"}
-    return {**{k: v for k, v in bound.items() if k != "kwargs"}, **extra.get("kwargs", {})}
+    "The call's arguments by name (plain dict operations: a compiler traces them)."
+    return {**dict(zip(module._meo_arg_names, args)), **kwargs}
 
 def _pop(owner, output=None):
     "Restore the context enclosing `owner`'s running call."
-    c = _CALL.get()
-    if c is not None and c.owner is owner: _CALL.set(c.parent)
+    c = _get_call()
+    if c is not None and c.owner is owner: _set_call(c.parent)
 
 def _pooled_encoder(a: dict) -> Tensor | None:
     "The masked mean of the encoder states a decoder stack is called with (None without them)."
@@ -240,11 +255,11 @@ def _stack_pre_hook(module, args, kwargs):
                          f"of {type(module).__name__} (expected ({shape[0]}, >= {shape[1]}))")
     cache = next((a[n] for n in _CACHE_NAMES if a.get(n) is not None), None)
     past = cache.get_seq_length() if hasattr(cache, "get_seq_length") else 0
-    states = MappingProxyType(dict(getattr(cache, "_meo_states", {}))) if st.mode == "causal" and past else None
+    states = dict(getattr(cache, "_meo_states", {})) if st.mode == "causal" and past else None
     pooled = _pooled_encoder(a) if st.mode == "cross" else None
-    parent = _CALL.get()
+    parent = _get_call()
     mc = parent.find(st.model) if parent is not None else None
-    _CALL.set(CallContext(st, parent, mask, shape, None, pooled, cache, past, states,
+    _set_call(CallContext(st, parent, mask, shape, None, pooled, cache, past, states,
                           aux_scale=mc.aux_scale if mc is not None else st.model.aux_scale))
 
 def _stack_post_hook(module, args, kwargs, output):
@@ -287,7 +302,7 @@ def _with_checkpoint_context(ckpt):
     "Wrap a checkpoint function: the segment runs (first and when recomputed) under the context it was first called in."
     if getattr(ckpt, "_meo_wrapped", False): return ckpt
     def checkpoint_in_context(fn, *args, **kwargs):
-        call = _CALL.get()
+        call = _get_call()
         if call is None: return ckpt(fn, *args, **kwargs)
         chain = _chain(call)                                           # innermost first
         carried = [i for i, c in enumerate(chain) if isinstance(c.pooled, Tensor) and c.pooled.requires_grad]
@@ -323,7 +338,7 @@ def _model_pre_hook(module, args, kwargs):
             dev = next((a[n].device for n in _BATCH_NAMES if isinstance(a.get(n), Tensor)), None)
             ids = check_task_ids(ids, B, mctx.n_tasks, dev)
     if ids is not None: ids = torch.as_tensor(ids)
-    _CALL.set(CallContext(mctx, _CALL.get(), task_ids=ids, aux_scale=mctx.aux_scale))
+    _set_call(CallContext(mctx, _get_call(), task_ids=ids, aux_scale=mctx.aux_scale))
     return args, kwargs
 
 def _model_post_hook(module, args, kwargs, output):
@@ -339,7 +354,8 @@ def _remove_hooks(model: nn.Module):
                 for extra in (m._forward_pre_hooks_with_kwargs, m._forward_hooks_with_kwargs,
                               m._forward_hooks_always_called):
                     extra.pop(key, None)
-        if hasattr(m, "_meo_stack"): del m._meo_stack
+        for attr in ("_meo_stack", "_meo_arg_names"):
+            if hasattr(m, attr): delattr(m, attr)
 
 # %% ../nbs/04_convert.ipynb #a7380bba
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES, MODEL_FOR_MASKED_LM_MAPPING_NAMES
@@ -403,15 +419,16 @@ def moefy(model: nn.Module, config: MEOConfig | None = None, **kwargs) -> nn.Mod
                                        options=cfg.product_options)
         layer = cls.from_weight(W, b, cfg.n_experts, cfg.k, cfg.level, cfg.init_noise, **kw)
         layer._meo_name, layer._meo_dense, layer.context = name, type(dense).__name__, ctx
+        layer.train(dense.training)                                         # the mode of the module it replaces
         for p in layer.parameters(): p._is_hf_initialized = True
         parent, _, attr = name.rpartition(".")
         setattr(modules[parent] if parent else model, attr, layer)
-    model._meo_context = mctx
+    model._meo_context, model._meo_arg_names = mctx, _positional_names(model)
     model.register_forward_pre_hook(_model_pre_hook, with_kwargs=True)
     model.register_forward_hook(_model_post_hook, with_kwargs=True, always_call=True)
     for sname, ctx in ctxs.items():
         stack = modules[sname]
-        stack._meo_stack = ctx
+        stack._meo_stack, stack._meo_arg_names = ctx, _positional_names(stack)
         stack.register_forward_pre_hook(_stack_pre_hook, with_kwargs=True)
         stack.register_forward_hook(_stack_post_hook, with_kwargs=True, always_call=True)
     if hf is not None: hf.meo = cfg.to_dict()
@@ -443,7 +460,7 @@ def expert_usage(model: nn.Module, reset: bool = False) -> dict:
     "Selections per expert of every MoE/MEO layer since the last reset: {layer name: (n_experts,) long}."
     out = {n: m.usage.clone() for n, m in expert_layers(model).items()}
     if reset:
-        for m in expert_layers(model).values(): m.usage.zero_()
+        for m in expert_layers(model).values(): m.usage = torch.zeros_like(m.usage)
     return out
 
 # %% ../nbs/04_convert.ipynb #d9f53466
@@ -520,8 +537,8 @@ def to_dense(model: nn.Module, task_id: int) -> nn.Module:
             r = m.router(m.weight.new_zeros(1, 1, m.in_features),
                          task_ids=torch.tensor([task_id], device=m.weight.device))
             m.router.train(was)
-            W = ops.merge(m.weight, r.index, r.gate)[0]                            # (O, I)
-            b = ops.merge(m.bias, r.index, r.gate)[0] if m.bias is not None else None
+            W = ops.merge(m.weight, r.index, r.gate)[task_id]                      # (O, I): the task's row
+            b = ops.merge(m.bias, r.index, r.gate)[task_id] if m.bias is not None else None
         if m._meo_dense == "Conv1D":
             dense = Conv1D(m.out_features, m.in_features).to(W)
             with torch.no_grad(): dense.weight.copy_(W.t()); dense.bias.copy_(b if b is not None else 0)

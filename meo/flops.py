@@ -96,7 +96,7 @@ def linear_cost(in_features: int, out_features: int, batch: int = 1, seq_len: in
                 method: str = "dense", n_experts: int = 16, k: int = 4, level: str = "sequence",
                 segments: int = 1, tasks: int = 1, merge: str = "auto", bias: bool = True,
                 reduce_factor: int = 64, task_dim: int | None = None, router_features: int | None = None,
-                training: bool = False) -> Cost:
+                training: bool = False, n_tasks: int | None = None, causal: bool = False) -> Cost:
     "Forward multiply-adds of one dense, MoE (`MoELinear`) or MEO (`MEOLinear`) layer on (batch, seq_len, in_features)."
     I, O = check_int("in_features", in_features, 1), check_int("out_features", out_features, 1)
     B, L = check_int("batch", batch, 1), check_int("seq_len", seq_len, 1)
@@ -117,8 +117,10 @@ def linear_cost(in_features: int, out_features: int, batch: int = 1, seq_len: in
     elif by_sequence and router_features: d_gate = check_int("router_features", router_features, 1)
     else: d_gate = I
     G = routing_groups(method, level, B, L, segments, tasks)
-    items = {"router": G * d_gate * n}
-    if training: items["router_noise"] = G * d_gate * n
+    # the router's gate rows: every task's at task level, one more (empty) segment per sequence when routing causally
+    rows = (n_tasks or tasks) if level == "task" else B * (segments + 1) if causal and by_sequence else G
+    items = {"router": rows * d_gate * n}
+    if training: items["router_noise"] = rows * d_gate * n
     if method == "moe":
         items["product"] = k * T * O * I
         return Cost(items)
@@ -186,7 +188,7 @@ def gpt2_cost(config, batch: int = 1, seq_len: int = 1024, method: str = "dense"
     check_choice("head", head, (None, "lm"))
     d = config.n_embd
     c = _stack(config.n_layer, batch, seq_len, d, config.n_inner or 4 * d, config.n_head, d // config.n_head,
-               method, **expert).prefix("decoder")
+               method, **({"causal": True} if method != "dense" else {}), **expert).prefix("decoder")
     return c + Cost({"lm": batch * seq_len * d * config.vocab_size} if head else {}).prefix("head")
 
 def _seq2seq(enc_layers, dec_layers, d, enc_ff, dec_ff, enc_heads, dec_heads, enc_dh, dec_dh, V, batch, src_len,

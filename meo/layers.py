@@ -96,7 +96,7 @@ class ExpertLinear(nn.Module):
         self.router = Router(router_features or in_features, n_experts, k, router_level(self.method, level),
                              n_tasks=n_tasks, task_dim=task_dim, noisy=noisy, aux_coef=aux_coef,
                              segment_len=segment_len, device=device)
-        self.register_buffer("usage", torch.zeros(n_experts, dtype=torch.long, device=device), persistent=False)
+        self.usage = torch.zeros(n_experts, dtype=torch.long)      # real tokens routed to each expert (statistics)
         self.aux_loss: Tensor | None = None
         self.segment_state: SegmentState | None = None
         self.context: LayerContext | None = None
@@ -170,11 +170,13 @@ def _route(layer: ExpertLinear, h: Tensor, inputs: RoutingInputs) -> Routing:
     if layer.training and torch.is_grad_enabled() and r.aux_loss.requires_grad:   # the aux loss trains with the output
         r = replace(r, gate=AuxLossGrad.apply(r.gate, r.aux_loss, inputs.aux_scale))
     if not inputs.record: return r                                     # a checkpointed segment again: counted already
-    layer.aux_loss, layer.segment_state = r.aux_loss.detach(), r.state
     if layer.context is not None: layer.context.routed(layer, r)
+    if torch.compiler.is_compiling(): return r                         # a traced graph writes nothing on the model
+    layer.aux_loss, layer.segment_state = r.aux_loss.detach(), r.state
     with torch.no_grad():                                              # real tokens routed to each expert
-        layer.usage += torch.bincount(r.index.reshape(-1), weights=r.n_real.repeat_interleave(layer.k),
-                                      minlength=layer.n_experts).round().long()
+        counts = torch.bincount(r.index.reshape(-1), weights=r.n_real.repeat_interleave(layer.k),
+                                minlength=layer.n_experts).round().long()
+        layer.usage = (layer.usage if layer.usage.device == counts.device else layer.usage.to(counts.device)) + counts
     return r
 
 def _compute_dtype(layer: ExpertLinear, h: Tensor) -> torch.dtype:

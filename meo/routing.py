@@ -48,17 +48,15 @@ class SegmentState:
         "Rows `index` (beam search reorders, batch expansion)."
         return SegmentState(self.done[index], self.part[index], self.count[index])
 
-def _segment_sums(xf: Tensor, m: Tensor, s: int, state: SegmentState):
-    """Each token's segment and its offset from the chunk's first segment (B, T), the prefix sums before each segment
-    of the chunk (B, J, d), and the state after the chunk."""
+def _segment_sums(xf: Tensor, m: Tensor, s: int, state: SegmentState, J: int):
+    """Each token's segment offset from the chunk's first segment (B, T), the prefix sums before each of the J segments
+    from the chunk's first (B, J, d), and the state after the chunk."""
     B, T, d = xf.shape
     dev, mi = xf.device, m.long()
     r = state.count[:, None] + mi.cumsum(1) - mi                                # (B, T) real tokens before t
-    seg = r // s                                                                # (B, T) segment of each token
     j0 = state.count // s                                                       # (B,) segment of the chunk start
     count1 = state.count + mi.sum(1)
-    jj, jj1 = seg - j0[:, None], count1 // s - j0                               # segments relative to j0
-    J = int(max(jj.max() if B * T else 0, jj1.max() if B else 0)) + 1
+    jj, jj1 = r // s - j0[:, None], count1 // s - j0                            # segments relative to j0, < J
     # per-segment sums of this chunk, the carried partial sum added to the first
     acc = xf.new_zeros(B * J, d).index_add_(0, (torch.arange(B, device=dev)[:, None] * J + jj).reshape(-1),
                                             xf.reshape(B * T, d)).view(B, J, d)
@@ -67,23 +65,7 @@ def _segment_sums(xf: Tensor, m: Tensor, s: int, state: SegmentState):
     # exclusive: no rounding from later tokens
     prefix[:, 1:] += acc[:, :-1].cumsum(1)
     bi = torch.arange(B, device=dev)
-    return seg, jj, prefix, SegmentState(prefix[bi, jj1], acc[bi, jj1], count1)
-
-def _segment_rows(seg: Tensor, jj: Tensor, J: int, s: int) -> tuple[Tensor, Tensor]:
-    """Gate rows: runs of equal segment cut into pieces of at most `s` tokens, numbered in token order.
-    Returns each token's row (B, T) and each row's first token, as a flat index (G,)."""
-    B, T = seg.shape
-    dev = seg.device
-    t = torch.arange(T, device=dev).expand(B, T)
-    change = torch.ones(B, T, dtype=torch.bool, device=dev)
-    change[:, 1:] = seg[:, 1:] != seg[:, :-1]
-    run_start = torch.where(change, t, 0).cummax(1).values
-    piece = (t - run_start) // s
-    key = (torch.arange(B, device=dev)[:, None] * J + jj) * (T // s + 2) + piece   # sorted by (example, segment, piece)
-    uniq, group = torch.unique(key.reshape(-1), return_inverse=True)
-    first = torch.full((uniq.numel(),), B * T, dtype=torch.long, device=dev).scatter_reduce(
-        0, group, torch.arange(B * T, device=dev), "amin")
-    return group.view(B, T), first
+    return jj, prefix, SegmentState(prefix[bi, jj1], acc[bi, jj1], count1)
 
 # %% ../nbs/01_routing.ipynb #3cea486c
 def causal_segments(x: Tensor,                   # (B, T, d) layer input of the new tokens
@@ -94,6 +76,7 @@ def causal_segments(x: Tensor,                   # (B, T, d) layer input of the 
     "Router inputs (G, d), first-segment flags (G,), each token's row (B, T), real tokens per row (G,), the new state."
     B, T, d = x.shape
     s, dev = segment_len, x.device
+    J = (T + s - 1) // s + 1                          # the segments a chunk of T tokens can touch, the state's included
     m = check_mask(mask, B, T) if mask is not None else torch.ones(B, T, dtype=torch.bool, device=dev)
     xf = x.float().masked_fill(~m[..., None], 0.)                               # (B, T, d)
     if state is None:
@@ -101,12 +84,12 @@ def causal_segments(x: Tensor,                   # (B, T, d) layer input of the 
         state = SegmentState(z, z, torch.zeros(B, dtype=torch.long, device=dev))
     if state.count.shape != (B,):
         raise ValueError(f"segment state holds {state.count.shape[0]} sequences: expected batch={B}")
-    seg, jj, prefix, new_state = _segment_sums(xf, m, s, state)
-    group, first = _segment_rows(seg, jj, prefix.shape[1], s)
-    b_g, seg_g, jj_g = first // max(T, 1), seg.reshape(-1)[first], jj.reshape(-1)[first]
-    inputs = prefix[b_g, jj_g] / (seg_g * s).clamp(min=1)[:, None].float()       # (G, d) mean of earlier segments
-    n_real = xf.new_zeros(first.shape[0]).index_add_(0, group.reshape(-1), m.reshape(-1).float())
-    return inputs, seg_g == 0, group, n_real, new_state
+    jj, prefix, new_state = _segment_sums(xf, m, s, state, J)
+    seg = state.count[:, None] // s + torch.arange(J, device=dev)               # (B, J) the segment of each row
+    inputs = (prefix / (seg * s).clamp(min=1)[..., None].float()).reshape(B * J, d)   # mean of earlier segments
+    group = torch.arange(B, device=dev)[:, None] * J + jj                       # (B, T): example b owns rows bJ..bJ+J-1
+    n_real = xf.new_zeros(B * J).index_add_(0, group.reshape(-1), m.reshape(-1).float())
+    return inputs, (seg == 0).reshape(-1), group, n_real, new_state
 
 # %% ../nbs/01_routing.ipynb #0bc965a0
 def cv_squared(v: Tensor) -> Tensor:
@@ -134,13 +117,17 @@ def noisy_top_k(u: Tensor,           # (G, d) router inputs, float32
                 w_noise: Tensor,     # (d, n)
                 k: int,
                 noisy: bool,         # add the noise (training)
-                noise_eps: float = 1e-2
+                noise_eps: float = 1e-2,
+                noise_rows: Tensor | None = None   # the rows that get noise (None: all), in the order it is drawn
                ) -> tuple[Tensor, Tensor, Tensor]:   # index (G, k), gate (G, k), load (G, n)
     "Noisy top-k gating: selected experts, their gates (softmax over the k), each expert's selection (smooth if noisy)."
     clean = u @ w_gate                                                     # (G, n)
     if noisy:
         noise_std = F.softplus(u @ w_noise) + noise_eps                    # (G, n)
-        logits = clean + torch.randn_like(clean) * noise_std
+        if noise_rows is None: noise = torch.randn_like(clean)
+        else: noise = torch.zeros_like(clean).index_copy_(0, noise_rows, torch.randn(
+            len(noise_rows), clean.shape[1], dtype=clean.dtype, device=clean.device))
+        logits = clean + noise * noise_std
     else: logits = clean
     n = w_gate.shape[1]
     top_values, top_index = logits.topk(min(k + 1, n), dim=1)              # (G, k+1)
@@ -224,7 +211,7 @@ def check_task_ids(task_ids, B: int, n_tasks: int, device=None) -> Tensor:
     if tuple(t.shape) != (B,):
         raise ValueError(f"task_ids={_show(t)} has shape {tuple(t.shape)}: expected (batch={B},), one task per example "
                          "(ids are never repeated to fill a batch)")
-    if B and (int(t.min()) < 0 or int(t.max()) >= n_tasks):
+    if B and not torch.compiler.is_compiling() and (int(t.min()) < 0 or int(t.max()) >= n_tasks):   # values: eager
         raise ValueError(f"task_ids={_show(t)} has values in [{int(t.min())}, {int(t.max())}]: "
                          f"expected values in [0, {n_tasks})")
     return t.long()
@@ -290,8 +277,9 @@ class Router(nn.Module):
         with autocast_off(x.device.type):                                       # float32 under autocast too
             u, row_weight, group, n_real, grouping, new_state = _level_inputs(self, x, mask, task_ids, pooled, state)
             noisy = self.noisy and self.training
+            rows = _noise_rows(group, u.shape[0]) if noisy and grouping != "example" and self.level != "token" else None
             index, gate, load = noisy_top_k(u.float(), self.w_gate.float(), self.w_noise.float(), self.k, noisy,
-                                            self.noise_eps)
+                                            self.noise_eps, rows)
             sync = self.sync_aux and self.training and _distributed()          # one loss for the global batch
             aux = balance_loss(index, gate, load, row_weight, self.aux_coef, sync)
         return Routing(index, gate, group, n_real, grouping, aux, new_state)
@@ -313,13 +301,17 @@ def _level_inputs(r: Router, x: Tensor, mask, task_ids, pooled, state):
     if r.level == "sequence" and r.segment_len:
         inputs, first, group, n_real, new_state = causal_segments(x, mask, r.segment_len, state)
         u = torch.where(first[:, None], r.first_input.float().expand_as(inputs), inputs)
-        return u, n_real, group, n_real, "runs", new_state
+        return u, n_real, group, n_real, "examples" if L == 1 else "runs", new_state   # decoding: one row each
     if r.level == "sequence": return masked_mean(x, mask), ones, each, per_row, "example", None
     if r.level == "token":
         w = real.reshape(-1) if real is not None else x.new_ones(B * L, dtype=torch.float32)
         return x.reshape(B * L, x.shape[-1]), w, torch.arange(B * L, device=dev).view(B, L), w, "runs", None
-    t = check_task_ids(task_ids, B, r.n_tasks, dev)
-    tasks, group = torch.unique(t, return_inverse=True)                       # G distinct tasks
-    n_real = per_row.new_zeros(len(tasks)).index_add_(0, group, per_row)
-    weight = torch.bincount(group, minlength=len(tasks)).float()              # examples of each task
-    return r.task_embed[tasks], weight, group[:, None].expand(B, L), n_real, "examples", None
+    t = check_task_ids(task_ids, B, r.n_tasks, dev)                           # one gate row per task: G = n_tasks
+    weight = ones.new_zeros(r.n_tasks).index_add_(0, t, ones)                 # examples of each task
+    n_real = per_row.new_zeros(r.n_tasks).index_add_(0, t, per_row)
+    return r.task_embed, weight, t[:, None].expand(B, L), n_real, "examples", None
+
+def _noise_rows(group: Tensor, G: int) -> Tensor | None:
+    "The gate rows that serve a token, in order: they alone draw noise, so that empty rows change no random stream."
+    if torch.compiler.is_compiling(): return None                             # static shapes: noise for every row
+    return torch.zeros(G, dtype=torch.bool, device=group.device).index_fill_(0, group.reshape(-1), True).nonzero()[:, 0]

@@ -13,8 +13,8 @@ from torch import Tensor
 from ..routing import Routing
 
 # %% auto #0
-__all__ = ['BACKENDS', 'BUILTIN', 'moe_product', 'merge', 'pack_runs', 'apply_merged', 'merged_product_ref', 'Backend',
-           'register_backend', 'get_backend', 'check_options', 'merged_product']
+__all__ = ['BACKENDS', 'BUILTIN', 'moe_product', 'merge', 'pack_runs', 'used_rows', 'apply_merged', 'merged_product_ref',
+           'Backend', 'register_backend', 'get_backend', 'check_options', 'merged_product']
 
 # %% ../../nbs/02_ops.ipynb #02d67a9b
 def moe_product(x: Tensor,             # (N, I) tokens
@@ -24,6 +24,7 @@ def moe_product(x: Tensor,             # (N, I) tokens
                 gate: Tensor           # (N, k) gates of each token
                ) -> Tensor:            # (N, O)
     "Vanilla MoE: each token through its k experts, outputs summed with the gates; grouped by expert."
+    if torch.compiler.is_compiling(): return _moe_static(x, weight, bias, index, gate)
     N, k = index.shape
     if N == 0: return F.linear(x, weight.sum(0), None if bias is None else bias.sum(0))  # (0, O), graph kept
     out = x.new_zeros(N, weight.shape[1])
@@ -43,6 +44,14 @@ def moe_product(x: Tensor,             # (N, I) tokens
         out.index_add_(0, t, ye * ge[:, None])
         start += c
     return out
+
+# %% ../../nbs/02_ops.ipynb #a8c0e9fb
+def _moe_static(x: Tensor, weight: Tensor, bias: Tensor | None, index: Tensor, gate: Tensor) -> Tensor:
+    "Vanilla MoE with static shapes: sum_e w_e * (W_e x + b_e), w_e the token's gate for expert e (0 if not selected)."
+    n = weight.shape[0]
+    w = torch.zeros(index.shape[0], n, dtype=x.dtype, device=x.device).scatter(1, index, gate.to(x.dtype))  # (N, n)
+    y = torch.einsum("ni,eoi,ne->no", x, weight, w)
+    return y if bias is None else y + w @ bias
 
 # %% ../../nbs/02_ops.ipynb #e7fd49e5
 def merge(weight: Tensor,   # (n, ...) expert tensors: weights (n, O, I) or biases (n, O)
@@ -72,6 +81,13 @@ def pack_runs(x: Tensor,       # (B, L, I) inputs
     packed[group, slot] = x
     return packed, slot
 
+def used_rows(routing: Routing) -> tuple[Tensor, Tensor, Tensor]:
+    """The gate rows that serve a token, renumbered in order: their (index, gate), and each token's new row (B, L)
+    ('runs') or each example's (B,) ('examples')."""
+    of = routing.group if routing.grouping == "runs" else routing.rows()
+    used, new = torch.unique(of.reshape(-1), return_inverse=True)
+    return routing.index[used], routing.gate[used], new.view(of.shape)
+
 def _rowwise(x: Tensor, W: Tensor, b: Tensor | None) -> Tensor:
     "y[i] = x[i] W[i]^T + b[i]: x (R, L, I), W (R, O, I), b (R, O)."
     y = torch.bmm(x, W.transpose(1, 2))
@@ -83,12 +99,25 @@ def apply_merged(x: Tensor,              # (B, L, I)
                  routing: Routing) -> Tensor:  # (B, L, O)
     "One product per token with the merged weight of its gate row: `y[b, t] = W[g] x[b, t] + b[g]`, g = group[b, t]."
     if routing.grouping == "runs":
+        if torch.compiler.is_compiling(): return _runs_static(x, W, b, routing.group)
         packed, slot = pack_runs(x, routing.group, W.shape[0])
         return _rowwise(packed, W, b)[routing.group, slot]
     if routing.grouping == "examples":
         rows = routing.rows()
         W, b = W[rows], (None if b is None else b[rows])                      # (B, O, I): each example's W_hat
     return _rowwise(x, W, b)
+
+def _runs_static(x: Tensor, W: Tensor, b: Tensor | None, group: Tensor) -> Tensor:
+    "'runs' with static shapes: example b through each of its J merged weights, each token keeping its own row's."
+    B = x.shape[0]
+    J = W.shape[0] // max(B, 1)
+    first = torch.arange(B, device=x.device)[:, None] * J                     # (B, 1) each example's first row
+    own = F.one_hot(group - first, J).to(x.dtype)                              # (B, L, J) each token's row
+    y = 0
+    for j in range(J):
+        rows = first[:, 0] + j
+        y = y + own[..., j:j + 1] * _rowwise(x, W[rows], None if b is None else b[rows])
+    return y
 
 def merged_product_ref(x: Tensor,            # (B, L, I)
                        weight: Tensor,       # (n, O, I) experts
@@ -141,7 +170,8 @@ def merged_product(x: Tensor,             # (B, L, I)
                    bias: Tensor | None,   # (n, O)
                    routing: Routing,
                    backend: str = "torch", **options) -> Tensor:   # (B, L, O)
-    "The merged product computed by `backend` with its `options`."
+    "The merged product computed by `backend` with its `options` (in a traced graph: the reference)."
+    if torch.compiler.is_compiling(): return merged_product_ref(x, weight, bias, routing)
     return check_options(backend, options).fn(x, weight, bias, routing, **options)
 
 register_backend("reference", merged_product_ref, about="the paper's formula with autograd (keeps the merged weights)")

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 from ..core import check_choice, check_int
 from ..routing import Routing
-from . import merge, pack_runs, register_backend
+from . import merge, pack_runs, used_rows, register_backend
 
 # %% auto #0
 __all__ = ['MERGE_MODES', 'WORKSPACE_BYTES', 'MERGE_ROWS', 'merge_mode', 'dense_gates', 'clear_workspace', 'merged_product_torch',
@@ -267,12 +267,13 @@ def merged_product_torch(x: Tensor,              # (B, L, I)
                          merge: str = "auto",    # 'gemm', 'gather' or 'auto' (by shape)
                          block: int | None = None) -> Tensor:   # output rows per block; None: as many as fit
     "The merged product with the merged weights built block by block in a reused workspace and rebuilt in backward."
+    if routing.grouping == "example":
+        return _MergedProduct.apply(x, weight, bias, routing.gate, routing.index, None, merge, block)
+    index, gate, group = used_rows(routing)                             # only the rows that serve a token
     if routing.grouping == "runs":                                       # a block of tokens per gate row
-        packed, slot = pack_runs(x, routing.group, routing.n_groups)
-        y = _MergedProduct.apply(packed, weight, bias, routing.gate, routing.index, None, merge, block)
-        return y[routing.group, slot]
-    rows = None if routing.grouping == "example" else _group_rows(routing.rows(), routing.n_groups)
-    return _MergedProduct.apply(x, weight, bias, routing.gate, routing.index, rows, merge, block)
+        packed, slot = pack_runs(x, group, index.shape[0])
+        return _MergedProduct.apply(packed, weight, bias, gate, index, None, merge, block)[group, slot]
+    return _MergedProduct.apply(x, weight, bias, gate, index, _group_rows(group, index.shape[0]), merge, block)
 
 def _check(merge: str = "auto", block: int | None = None):
     check_choice("merge", merge, MERGE_MODES)

@@ -9,7 +9,8 @@ import torch
 from torch import Tensor
 from ..core import check_choice
 from ..routing import Routing
-from . import merge, pack_runs, apply_merged, register_backend
+from dataclasses import replace
+from . import merge, pack_runs, used_rows, apply_merged, register_backend
 
 try:                                   # optional: `pip install meo[gpu]`
     import triton
@@ -350,14 +351,19 @@ def merged_product_triton(x: Tensor,              # (B, L, I)
         x, weight, vals, bias = x.to(dt), weight.to(dt), vals.to(dt), None if bias is None else bias.to(dt)
     if blocks is not None or _interpreted(): blocks = {**(TEST_BLOCKS if _interpreted() else GPU_BLOCKS),
                                                        **(blocks or {})}
+    if routing.grouping == "example": rows = torch.arange(x.shape[0], device=x.device)
+    else: idx, vals, rows = used_rows(replace(routing, gate=vals))       # only the rows that serve a token
+    G = idx.shape[0]
     if path == "select":
         w_hat = _SelectMerge.apply(weight, vals, idx, 256 if _interpreted() else SELECT_BLOCK)
-        return apply_merged(x, w_hat, None if bias is None else merge(bias, idx, vals), routing)
+        b_hat = None if bias is None else merge(bias, idx, vals)
+        group = rows if routing.grouping == "runs" else rows[:, None].expand(x.shape[:2])
+        return apply_merged(x, w_hat, b_hat, replace(routing, index=idx, gate=vals, group=group))
     if routing.grouping == "runs":                                        # one row of tokens per gate row
-        packed, slot = pack_runs(x, routing.group, routing.n_groups)
-        rows = torch.arange(routing.n_groups, device=x.device)
-        return _fused(packed, weight, bias, vals, idx, rows, True, backward, blocks)[routing.group, slot]
-    return _fused(x, weight, bias, vals, idx, routing.rows(), routing.grouping == "example", backward, blocks)
+        packed, slot = pack_runs(x, rows, G)
+        return _fused(packed, weight, bias, vals, idx, torch.arange(G, device=x.device), True, backward,
+                      blocks)[rows, slot]
+    return _fused(x, weight, bias, vals, idx, rows, routing.grouping == "example", backward, blocks)
 
 def _check(path: str = "fused", backward: str = "fused", blocks: dict | None = None):
     check_choice("path", path, PATHS); check_choice("backward", backward, BACKWARDS)
