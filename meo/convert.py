@@ -195,9 +195,9 @@ class StackContext:
                 raise ValueError(f"{layer._meo_name} routes on the encoder output, but its decoder was called without "
                                  "encoder_hidden_states")
             pooled = call.pooled
-        if r.level == "sequence" and r.segment_len and state is None and call is not None and call.past:
-            state = call.states.get(layer._meo_name) if call.states else None
-            if state is None:
+        if r.level == "sequence" and r.segment_len and state is None and call is not None:
+            state = call.states.get(layer._meo_name) if call.states is not None else None
+            if state is None and not torch.compiler.is_compiling() and call.past:
                 raise RuntimeError(f"the cache holds {call.past} past tokens but no routing state for "
                                    f"{layer._meo_name}: "
                                    "continue only from a cache produced by this converted model")
@@ -243,19 +243,32 @@ def _pooled_encoder(a: dict) -> Tensor | None:
     emask = emask if isinstance(emask, Tensor) and emask.dim() == 2 else None
     return None if enc is None else masked_mean(enc, emask)
 
+def _token_mask(mask, shape: tuple | None, past) -> Tensor | None:
+    """The padding mask of the call, (B, T_past + T) as given, or (B, T) for its own tokens read off a 4-D attention mask
+    (B, 1, T, S), as generation with a static cache passes: a real token attends to itself, a padding token is
+    attended by none (bool: True = attend; float: 0 = attend)."""
+    if not isinstance(mask, Tensor) or shape is None: return None
+    if mask.dim() == 2: return mask
+    if mask.dim() != 4 or mask.shape[0] != shape[0] or mask.shape[2] != shape[1]: return None
+    t = torch.arange(shape[1], device=mask.device)
+    diag = mask[:, 0, t, t + past]                                             # (B, T): each token on itself
+    return diag if diag.dtype == torch.bool else diag == 0
+
 def _stack_pre_hook(module, args, kwargs):
     st = module._meo_stack
     a = _call_arguments(module, args, kwargs)
-    mask = a.get("attention_mask")
-    mask = mask if isinstance(mask, Tensor) and mask.dim() == 2 else None
     tokens = a.get("input_ids") if a.get("input_ids") is not None else a.get("inputs_embeds")
     shape = tuple(tokens.shape[:2]) if isinstance(tokens, Tensor) and tokens.dim() >= 2 else None
-    if mask is not None and shape is not None and (mask.shape[0] != shape[0] or mask.shape[1] < shape[1]):
-        raise ValueError(f"attention_mask of shape {tuple(mask.shape)} does not fit the {shape[0]}x{shape[1]} tokens "
-                         f"of {type(module).__name__} (expected ({shape[0]}, >= {shape[1]}))")
     cache = next((a[n] for n in _CACHE_NAMES if a.get(n) is not None), None)
     past = cache.get_seq_length() if hasattr(cache, "get_seq_length") else 0
-    states = dict(getattr(cache, "_meo_states", {})) if st.mode == "causal" and past else None
+    if not torch.compiler.is_compiling(): past = int(past)
+    mask = _token_mask(a.get("attention_mask"), shape, past)
+    if mask is not None and (mask.shape[0] != shape[0] or mask.shape[1] < shape[1]):
+        raise ValueError(f"attention_mask of shape {tuple(mask.shape)} does not fit the {shape[0]}x{shape[1]} tokens "
+                         f"of {type(module).__name__} (expected ({shape[0]}, >= {shape[1]}))")
+    carried = getattr(cache, "_meo_states", None) if st.mode == "causal" else None
+    # a cache's routing states count once it holds tokens (a compiled call cannot test that: it takes them as given)
+    states = dict(carried) if carried is not None and (torch.compiler.is_compiling() or past) else None
     pooled = _pooled_encoder(a) if st.mode == "cross" else None
     parent = _get_call()
     mc = parent.find(st.model) if parent is not None else None

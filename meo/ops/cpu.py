@@ -4,7 +4,6 @@
 
 # %% ../../nbs/02b_ops_cpu.ipynb #k0000003
 from __future__ import annotations
-import threading
 import torch
 from torch import Tensor
 from ..core import check_choice, check_int
@@ -12,8 +11,7 @@ from ..routing import Routing
 from . import merge, pack_runs, used_rows, register_backend
 
 # %% auto #0
-__all__ = ['MERGE_MODES', 'WORKSPACE_BYTES', 'MERGE_ROWS', 'merge_mode', 'dense_gates', 'clear_workspace', 'merged_product_torch',
-           'apply_rows']
+__all__ = ['MERGE_MODES', 'TILE_BYTES', 'MERGE_ROWS', 'merge_mode', 'dense_gates', 'merged_product_torch', 'apply_rows']
 
 # %% ../../nbs/02b_ops_cpu.ipynb #21a2a686
 MERGE_MODES = ("auto", "gemm", "gather")
@@ -61,27 +59,18 @@ def _blocks(O: int, block: int):
 def _blocks_in(o0: int, o1: int, block: int):
     return [(o0 + a, o0 + b) for a, b in _blocks(o1 - o0, block)]
 
-WORKSPACE_BYTES = 2 ** 28    # merged weights are built in one reused workspace of at most 256 MB (per thread)
+TILE_BYTES = 2 ** 24         # the merged weights of one block of output rows, every gate row's: 16 MB per call
 MERGE_ROWS = 64              # rows merged per matrix product (a cache-sized merge)
-_ws = threading.local()
-
-def _workspace(numel: int, like: Tensor) -> Tensor:
-    "A flat buffer of at least `numel` values, allocated once per thread, device and dtype, and reused."
-    key = (like.device, like.dtype)
-    bufs = getattr(_ws, "bufs", None)
-    if bufs is None: bufs = _ws.bufs = {}
-    if key not in bufs or bufs[key].numel() < numel: bufs[key] = like.new_empty(numel)
-    return bufs[key][:numel]
-
-def clear_workspace():
-    "Release this thread's merge workspace (it is allocated again when next needed)."
-    _ws.bufs = {}
 
 def _auto_block(O: int, I: int, G: int, block: int | None, itemsize: int = 4) -> int:
-    "Output rows per product: `block`, or all rows if their merged weights fit the workspace, else as many as fit."
+    "Output rows per block: `block`, or as many as keep the merged weights of every gate row within TILE_BYTES."
     if block: return min(block, O)
-    rows = WORKSPACE_BYTES // max(1, G * I * itemsize)
+    rows = TILE_BYTES // max(1, G * I * itemsize)
     return O if rows >= O else max(MERGE_ROWS, rows // MERGE_ROWS * MERGE_ROWS)
+
+def _tile(G: int, blk: int, I: int, like: Tensor) -> Tensor:
+    "This call's buffer for the merged weights of one block: (G * blk * I,), allocated per call, never kept."
+    return like.new_empty(G * blk * I)
 
 def _merge_rows(buf: Tensor, weight: Tensor, o0: int, index: Tensor, gate: Tensor, dense: Tensor | None, mode: str):
     "buf (G, m*I) <- merged rows o0 .. o0+m of every group, MERGE_ROWS rows per merge."
@@ -160,7 +149,7 @@ def _members(rows: list | None, G: int) -> list:
 # %% ../../nbs/02b_ops_cpu.ipynb #22b9c659
 def _forward(x: Tensor, weight: Tensor, bias: Tensor | None, gate: Tensor, index: Tensor, rows: list | None,
              mode: str, block: int | None) -> Tensor:
-    "y (B, L, O) = x @ W_hat[g]^T + b_hat[g], the merged weights built block by block in the workspace."
+    "y (B, L, O) = x @ W_hat[g]^T + b_hat[g], the merged weights built block by block in a buffer of the call."
     (G, k), (n, O, I) = index.shape, weight.shape
     gw = gate.to(weight.dtype)
     y = x.new_empty(*x.shape[:2], O)
@@ -181,8 +170,9 @@ def _forward(x: Tensor, weight: Tensor, bias: Tensor | None, gate: Tensor, index
         return y
     blk = _auto_block(O, I, G, block, x.element_size())
     scratch = x.new_empty(*x.shape[:2], blk) if rows is None and blk < O else None
+    buf = _tile(G, blk, I, x)
     for o0, o1 in _blocks(O, blk):
-        W = _merge_rows(_workspace(G * (o1 - o0) * I, x).view(G, (o1 - o0) * I), weight, o0, index, gw, dense, mode)
+        W = _merge_rows(buf[:G * (o1 - o0) * I].view(G, (o1 - o0) * I), weight, o0, index, gw, dense, mode)
         _apply(x, W.view(G, o1 - o0, I), rows, y[..., o0:o1], scratch=scratch, bias=None if b is None else b[:, o0:o1])
     return y
 
@@ -209,9 +199,10 @@ def _backward_blocks(x, dy, weight, gw, index, rows, need, dx, dw, dgate, mode, 
     dense = dense_gates(index, gw, n) if mode == "gemm" else None
     blk = _auto_block(O, I, G, block, x.element_size())
     Dbuf = x.new_empty(G, min(blk, MERGE_ROWS) * I) if need_w or need_g else None
+    buf = _tile(G, blk, I, x) if need_x else None
     for o0, o1 in _blocks(O, blk):
         if need_x:                                                              # dx += dy W_hat
-            W = _merge_rows(_workspace(G * (o1 - o0) * I, x).view(G, (o1 - o0) * I), weight, o0, index, gw, dense, mode)
+            W = _merge_rows(buf[:G * (o1 - o0) * I].view(G, (o1 - o0) * I), weight, o0, index, gw, dense, mode)
             _apply(dy[..., o0:o1], W.view(G, o1 - o0, I), rows, dx, transpose=False, accumulate=True)
         for s0, s1 in (_blocks_in(o0, o1, MERGE_ROWS) if need_w or need_g else []):
             m = s1 - s0                                                         # D = dy^T x, a block at a time
@@ -266,7 +257,7 @@ def merged_product_torch(x: Tensor,              # (B, L, I)
                          routing: Routing,
                          merge: str = "auto",    # 'gemm', 'gather' or 'auto' (by shape)
                          block: int | None = None) -> Tensor:   # output rows per block; None: as many as fit
-    "The merged product with the merged weights built block by block in a reused workspace and rebuilt in backward."
+    "The merged product with the merged weights built block by block in a cache-sized buffer, rebuilt in backward."
     if routing.grouping == "example":
         return _MergedProduct.apply(x, weight, bias, routing.gate, routing.index, None, merge, block)
     index, gate, group = used_rows(routing)                             # only the rows that serve a token
@@ -280,7 +271,7 @@ def _check(merge: str = "auto", block: int | None = None):
     if block is not None: check_int("block", block, 1)
 
 register_backend("torch", merged_product_torch, ("merge", "block"), check=_check,
-                 about="blocked merges in a reused workspace, recomputed in backward (plain PyTorch, any device)")
+                 about="blocked merges in a cache-sized buffer, recomputed in backward (plain PyTorch, any device)")
 
 def apply_rows(x: Tensor, W: Tensor, b: Tensor | None, rows: Tensor) -> Tensor:
     "y[i] = x[i] W[rows[i]]^T + b[rows[i]] for merged weights W (R, O, I) given, without a gathered copy per example."
