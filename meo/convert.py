@@ -60,15 +60,23 @@ def _check_targets(model: nn.Module, targets: list[str]) -> None:
                              f"{f' (and {len(other) - 1} more)' if len(other) > 1 else ''}: only nn.Linear and "
                              "transformers Conv1D modules can be converted; make the pattern match those alone")
 
+def _wrapped(name: str, mod: nn.Module) -> None:
+    "Refuse a feed-forward projection wrapped by another module (a PEFT adapter, say): it would stay unconverted."
+    inner = next((n for n, m in mod.named_modules() if n and _convertible(m)), None)
+    if inner is None: return
+    raise ValueError(f"{name} is a {type(mod).__module__}.{type(mod).__name__} wrapping the linear layer "
+                     f"{name}.{inner} (an adapter such as PEFT's LoRA): call meo.moefy on the base model first and add "
+                     "adapters afterwards (or merge them in with merge_and_unload)")
+
 def find_ffn(model: nn.Module, targets: list[str] | None = None) -> list[str]:
     "Names of the feed-forward projections of `model` (or of the modules matching `targets`)."
     if targets: _check_targets(model, targets)
     found = []
     for name, mod in model.named_modules():
-        if not _convertible(mod): continue
         if targets: hit = any(name == t or re.search(t, name) for t in targets)
         else: hit = any(re.search(p, "." + name) for ps in FFN_PATTERNS.values() for p in ps)
-        if hit: found.append(name)
+        if hit and not _convertible(mod) and not targets: _wrapped(name, mod)
+        if hit and _convertible(mod): found.append(name)
     if not found:
         if targets: raise ValueError(f"targets={targets} match no nn.Linear/Conv1D module of {type(model).__name__}")
         looked = "; ".join(f"{k}: {', '.join(v)}" for k, v in FFN_PATTERNS.items())
@@ -139,18 +147,18 @@ class ModelContext:
         mc = call.find(self) if call is not None else None
         if mc is not None and mc.task_ids is not None:
             ids = mc.task_ids
-            if ids.dim() == 1 and len(ids) != B:
+            if ids.dim() == 1 and ids.shape[0] != B:                   # shapes, not len(): an export keeps B symbolic
                 raise ValueError(f"task_ids={_show(ids)} has shape {tuple(ids.shape)}: expected (batch={B},), one task "
                                  "per example")
             return ids
         ids = self.default_task_ids
         if ids is None: return None
         ids = torch.as_tensor(ids)
-        if ids.dim() == 1 and 0 < len(ids) != B:                      # generate() expands a batch (beams, samples)
-            if B % len(ids):
-                raise ValueError(f"the default task_ids={_show(ids)} (set_task_ids) hold {len(ids)} ids: {B} examples "
-                                 f"are not an exact multiple of them")
-            ids = ids.repeat_interleave(B // len(ids))
+        if ids.dim() == 1 and 0 < ids.shape[0] != B:                  # generate() expands a batch (beams, samples)
+            if B % ids.shape[0]:
+                raise ValueError(f"the default task_ids={_show(ids)} (set_task_ids) hold {ids.shape[0]} ids: {B} "
+                                 f"examples are not an exact multiple of them")
+            ids = ids.repeat_interleave(B // ids.shape[0])
         return ids
 
 def _as_tokens(layer: ExpertLinear, x: Tensor, call: CallContext | None) -> tuple[Tensor, bool]:
@@ -509,7 +517,8 @@ def load_state(path) -> dict:
         return state
     raise FileNotFoundError(f"no model.safetensors (or index) in {path}: save with model.save_pretrained(dir)")
 
-def from_pretrained(cls, path, dtype="auto", **config_kwargs) -> nn.Module:
+def from_pretrained(cls, path, dtype="auto", device_map=None, low_cpu_mem_usage: bool = True,
+                    **config_kwargs) -> nn.Module:
     "Load a converted model saved with `save_pretrained`: `meo.from_pretrained(AutoModelForCausalLM, dir)`."
     # cls: a model class or an Auto class; dtype: 'auto' keeps the saved dtype (as transformers does), or a torch dtype
     from transformers import AutoConfig
@@ -518,21 +527,68 @@ def from_pretrained(cls, path, dtype="auto", **config_kwargs) -> nn.Module:
     if not settings:
         raise ValueError(f"{path} holds no meo settings (config.json has no 'meo' entry): load it with "
                          f"{cls.__name__}.from_pretrained and convert it with meo.moefy")
-    state = load_state(path)
-    dense = cls.from_config(config) if hasattr(cls, "from_config") else cls(config)       # Auto classes: from_config
-    model = moefy(dense.float(), MEOConfig.from_dict(settings))
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    tied = set(getattr(model, "all_tied_weights_keys", None) or getattr(model, "_tied_weights_keys", None) or [])
-    if unexpected or set(missing) - tied:
-        raise RuntimeError(f"checkpoint in {path} does not fit {cls.__name__}: missing {sorted(set(missing) - tied)}, "
-                           f"unexpected {sorted(unexpected)}")
-    if hasattr(model, "tie_weights"): model.tie_weights()
-    # the config's dtype, else the first floating tensor's (transformers' rule)
-    if dtype == "auto":
-        dtype = getattr(config, "dtype", None) or next((t.dtype for t in state.values() if t.is_floating_point()), None)
+    build = lambda: moefy(cls.from_config(config) if hasattr(cls, "from_config") else cls(config),  # Auto: from_config
+                          MEOConfig.from_dict(settings))
+    if low_cpu_mem_usage or device_map is not None: model = _load_empty(build, path, device_map)
+    else: model = _load_state(build().float(), path)
+    if dtype == "auto":      # the config's dtype, else the first floating tensor's (transformers' rule)
+        dtype = getattr(config, "dtype", None) or _first_float_dtype(path)
     if isinstance(dtype, str): dtype = getattr(torch, dtype)
     if dtype is not None: model.to(dtype)
     return model.eval()
+
+def _tied(model) -> set:
+    return set(getattr(model, "all_tied_weights_keys", None) or getattr(model, "_tied_weights_keys", None) or [])
+
+def _load_state(model: nn.Module, path) -> nn.Module:
+    "Load the checkpoint's state dict into a model built in memory."
+    missing, unexpected = model.load_state_dict(load_state(path), strict=False)
+    if unexpected or set(missing) - _tied(model):
+        raise RuntimeError(f"checkpoint in {path} does not fit {type(model).__name__}: missing "
+                           f"{sorted(set(missing) - _tied(model))}, unexpected {sorted(unexpected)}")
+    if hasattr(model, "tie_weights"): model.tie_weights()
+    return model
+
+def _device_map(model: nn.Module, device_map) -> dict:
+    "accelerate's device map: {'': device} for one device, inferred from the free memory for 'auto', 'balanced', ..."
+    from accelerate.utils import get_balanced_memory, infer_auto_device_map
+    if device_map is None: return {"": "cpu"}
+    if isinstance(device_map, (torch.device, int)) or (isinstance(device_map, str) and device_map not in
+                                                        ("auto", "balanced", "balanced_low_0", "sequential")):
+        return {"": device_map}
+    if isinstance(device_map, dict): return device_map
+    split = getattr(model, "_no_split_modules", None) or []
+    memory = None if device_map == "sequential" else get_balanced_memory(
+        model, no_split_module_classes=split, low_zero=device_map == "balanced_low_0")
+    return infer_auto_device_map(model, max_memory=memory, no_split_module_classes=split)
+
+def _load_empty(build, path, device_map) -> nn.Module:
+    "Build on the meta device, then let accelerate load the checkpoint into it, tensor by tensor, onto `device_map`."
+    from accelerate import init_empty_weights, load_checkpoint_in_model, dispatch_model
+    with init_empty_weights(): model = build()
+    device_map = _device_map(model, device_map)
+    path = Path(path)
+    single = path / "model.safetensors"
+    load_checkpoint_in_model(model, str(single if single.exists() else path / "model.safetensors.index.json"),
+                             device_map=device_map)
+    if hasattr(model, "tie_weights"): model.tie_weights()
+    if empty := [n for n, p in model.named_parameters() if p.is_meta]:
+        raise RuntimeError(f"checkpoint in {path} does not fit {type(model).__name__}: missing {sorted(empty)}")
+    return dispatch_model(model, device_map) if len(set(device_map.values())) > 1 else model
+
+def _first_float_dtype(path) -> torch.dtype | None:
+    "The dtype of the checkpoint's first floating tensor, read from its safetensors header."
+    from safetensors import safe_open
+    path = Path(path)
+    files = [path / "model.safetensors"] if (path / "model.safetensors").exists() else sorted(path.glob("*.safetensors"))
+    for f in files:
+        with safe_open(str(f), "pt") as sf:
+            for name in sf.keys():
+                t = sf.get_slice(name).get_dtype()
+                dt = getattr(torch, {"F32": "float32", "F16": "float16", "BF16": "bfloat16", "F64": "float64"}.get(t, ""),
+                             None)
+                if dt is not None: return dt
+    return None
 
 # %% ../nbs/04_convert.ipynb #091b3ef1
 def to_dense(model: nn.Module, task_id: int) -> nn.Module:

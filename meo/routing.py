@@ -60,10 +60,10 @@ def _segment_sums(xf: Tensor, m: Tensor, s: int, state: SegmentState, J: int):
     # per-segment sums of this chunk, the carried partial sum added to the first
     acc = xf.new_zeros(B * J, d).index_add_(0, (torch.arange(B, device=dev)[:, None] * J + jj).reshape(-1),
                                             xf.reshape(B * T, d)).view(B, J, d)
-    acc[:, 0] += state.part
-    prefix = state.done[:, None].expand(B, J, d).clone()                        # (B, J, d) sum before segment j0+jj
-    # exclusive: no rounding from later tokens
-    prefix[:, 1:] += acc[:, :-1].cumsum(1)
+    acc = acc + (torch.arange(J, device=dev) == 0)[None, :, None] * state.part[:, None]    # the carried partial sum
+    # (B, J, d) sums before each segment, exclusive (no rounding from later tokens); no in-place slices: an export
+    # keeps J symbolic
+    prefix = state.done[:, None] + torch.cat([acc.new_zeros(B, 1, d), acc], 1).cumsum(1)[:, :J]
     bi = torch.arange(B, device=dev)
     return jj, prefix, SegmentState(prefix[bi, jj1], acc[bi, jj1], count1)
 

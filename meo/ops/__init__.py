@@ -107,10 +107,16 @@ def apply_merged(x: Tensor,              # (B, L, I)
         W, b = W[rows], (None if b is None else b[rows])                      # (B, O, I): each example's W_hat
     return _rowwise(x, W, b)
 
+def _rows_per_example(G, B) -> int | None:
+    "J = G / B for 'runs', or None when it is symbolic (a graph exported for any sequence length)."
+    from torch.fx.experimental.symbolic_shapes import is_concrete_int
+    J = G // max(B, 1) if isinstance(B, int) else G // B
+    return int(J) if is_concrete_int(J) else None
+
 def _runs_static(x: Tensor, W: Tensor, b: Tensor | None, group: Tensor) -> Tensor:
     "'runs' with static shapes: example b through each of its J merged weights, each token keeping its own row's."
     B = x.shape[0]
-    J = W.shape[0] // max(B, 1)
+    J = _rows_per_example(W.shape[0], B)
     first = torch.arange(B, device=x.device)[:, None] * J                     # (B, 1) each example's first row
     own = F.one_hot(group - first, J).to(x.dtype)                              # (B, L, J) each token's row
     y = 0
@@ -124,6 +130,10 @@ def merged_product_ref(x: Tensor,            # (B, L, I)
                        bias: Tensor | None,  # (n, O)
                        routing: Routing) -> Tensor:  # (B, L, O)
     "The paper's merged product as written: merge each gate row's experts, then one product per token."
+    if routing.grouping == "runs" and _rows_per_example(routing.n_groups, x.shape[0]) is None:
+        B, L, I = x.shape                                  # rows per example symbolic: each token by its gates
+        tok = routing.group.reshape(-1)
+        return moe_product(x.reshape(B * L, I), weight, bias, routing.index[tok], routing.gate[tok]).view(B, L, -1)
     W = merge(weight, routing.index, routing.gate)                                # (G, O, I)
     b = None if bias is None else merge(bias, routing.index, routing.gate)        # (G, O)
     return apply_merged(x, W, b, routing)
