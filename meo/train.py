@@ -4,7 +4,6 @@
 
 # %% ../nbs/05_train.ipynb #2ceba2d4
 from __future__ import annotations
-import torch
 import torch.distributed as dist
 from transformers import Trainer
 from .convert import aux_loss, expert_usage, set_aux_scale
