@@ -18,9 +18,9 @@ from .runner import CONFIGS, RUN_METHODS, EXPERT_FIELDS, make_config, run, run_g
 # %% auto #0
 __all__ = ['GLUE_TASKS', 'PAPER_GLUE_TASKS', 'SMOKE', 'PAPER_ABSTRACT', 'TABLE_SEEDS', 'TABLE_VARIANTS', 'TABLES', 'GRID_AXES',
            'RESULT_COLUMNS', 'SPEED_COLUMNS', 'SPEED_STATS', 'LEVEL_COLORS', 'METHOD_NAMES', 'S', 'LOCAL_RESULTS',
-           'Table', 'apply_axes', 'table_grid', 'results_frame', 'speed_frame', 'table_stats', 'table_text',
-           'summary_table', 'routing_frame', 'plot_table', 'plot_usage', 'format_table', 'table', 'settings_table',
-           'size_table', 'preset_rows', 'estimate_table', 'tables', 'list_text', 'cli', 'main']
+           'Table', 'apply_axes', 'table_grid', 'results_frame', 'order_rows', 'speed_frame', 'table_stats',
+           'table_text', 'summary_table', 'routing_frame', 'plot_table', 'plot_usage', 'format_table', 'table',
+           'settings_table', 'size_table', 'preset_rows', 'estimate_table', 'tables', 'list_text', 'cli', 'main']
 
 # %% ../../nbs/16_tables.ipynb #56445907
 GLUE_TASKS = ("rt-sst2", "rt-stsb", "bbc-topic", "bible-para")
@@ -129,7 +129,7 @@ def results_frame(results: list[dict]):
     df = pd.DataFrame(rows, columns=RESULT_COLUMNS)
     return df.astype({"n_experts": "Int64", "k": "Int64"})
 
-def _order(df):
+def order_rows(df):
     "Rows in table order: dense, then MoE/MEO by level (token, sequence, task) and k."
     rank = {"dense": 0, "moe": 1, "meo": 2}
     return df.assign(_m=df.method.map(rank), _l=df.level.map({l: i for i, l in enumerate(("-",) + LEVELS)}),
@@ -156,7 +156,7 @@ def speed_frame(results: list[dict]):
                          hash=r["hash"]))
     return pd.DataFrame(rows, columns=SPEED_COLUMNS).astype({"n_experts": "Int64", "k": "Int64"})
 
-# %% ../../nbs/16_tables.ipynb #8b3d895a
+# %% ../../nbs/16_tables.ipynb #3818dd0d
 def table_stats(df, speed=None) -> tuple:
     "(mean, std) per (method, level, k) over seeds of each metric (one task) or task score and their average."
     # x 100 but perplexity; then the mean throughput
@@ -177,7 +177,7 @@ def table_stats(df, speed=None) -> tuple:
         s = speed.assign(level=speed.level.fillna("-"), k=speed.k.fillna(0).astype(int))
         sp = s.groupby(keys, sort=False)[SPEED_STATS].mean()
         mean, std = mean.join(sp), std.join(sp * np.nan)
-    index = _order(mean.reset_index()[keys]).set_index(keys).index
+    index = order_rows(mean.reset_index()[keys]).set_index(keys).index
     return mean.loc[index], std.loc[index]
 
 # %% ../../nbs/16_tables.ipynb #716e8a06
