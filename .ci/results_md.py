@@ -35,11 +35,11 @@ def _csv(name):
     return pd.read_csv(R / name)
 
 def _glue():
-    import meo.experiments as E
+    import meo.experiments.tables as E
     return E.summary_table("glue", _csv("glue_offline.csv"))
 
 def _task(name):
-    import meo.experiments as E
+    import meo.experiments.tables as E
     return E.summary_table(name, _csv(f"{name}_offline.csv"), _csv(f"{name}_offline_speed.csv"))
 
 def _flops_bert():
@@ -71,22 +71,22 @@ def _bench_model():
 
 # key: (what made the CSV, how the table is computed, the function)
 TABLES = {
-    "glue": ("`results/glue_offline.csv`, made by `meo-run glue --full`", "`meo.experiments.summary_table`", _glue),
+    "glue": ("`results/glue_offline.csv`, made by `meo-run glue --full`", "`meo.experiments.tables.summary_table`", _glue),
     "wikitext": ("`results/wikitext_offline.csv` and `wikitext_offline_speed.csv`, made by `meo-run wikitext --full`",
-                 "`meo.experiments.summary_table`", lambda: _task("wikitext")),
+                 "`meo.experiments.tables.summary_table`", lambda: _task("wikitext")),
     "squad": ("`results/squad_offline.csv` and `squad_offline_speed.csv`, made by `meo-run squad --full`",
-              "`meo.experiments.summary_table`", lambda: _task("squad")),
+              "`meo.experiments.tables.summary_table`", lambda: _task("squad")),
     "xsum": ("`results/xsum_offline.csv` and `xsum_offline_speed.csv`, made by `meo-run xsum --full`",
-             "`meo.experiments.summary_table`", lambda: _task("xsum")),
+             "`meo.experiments.tables.summary_table`", lambda: _task("xsum")),
     "flops-bert": ("`results/flops_bert.csv`, made by `python -m meo.flops results`",
                    "GFLOPs; MEO's merge counted as the paper's figure (`paper`) and exactly (`exact`); the MoE merges nothing", _flops_bert),
     "flops-abstract": ("`results/flops_abstract.csv`, made by `python -m meo.flops results`",
                        "BERT-base, 128 tokens, $k = 4$, $n = 16$: GFLOPs under each candidate convention (`meo.flops.abstract_conventions`)",
                        lambda: _csv("flops_abstract.csv").set_index("convention").map(lambda v: f"{v:.2f}")),
     "flops-models": ("`results/flops_models.csv`, made by `python -m meo.flops results`", "GFLOPs at the authors' $k$", _flops_models),
-    "bench-layer": ("`results/bench_layer.csv`, made by `python -m meo.bench` (the command: `results/bench_machine.json`)",
+    "bench-layer": ("`results/bench_layer.csv`, made by `python -m meo.bench.cpu` (the command: `results/bench_machine.json`)",
                     "time relative to the dense block", _bench_layer),
-    "bench-model": ("`results/bench_model.csv`, made by `python -m meo.bench --model-ks ...` (below)",
+    "bench-model": ("`results/bench_model.csv`, made by `python -m meo.bench.cpu --model-ks ...` (below)",
                     "whole BERT-base, batch 16, 128 tokens", _bench_model),
 }
 
