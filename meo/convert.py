@@ -20,7 +20,8 @@ from .ops.cpu import apply_rows
 # %% auto #0
 __all__ = ['FFN_PATTERNS', 'DECODE_CACHE_BYTES', 'dense_params', 'find_ffn', 'CallContext', 'current_call', 'recomputing',
            'call_scope', 'ModelContext', 'StackContext', 'stack_mode', 'expert_layers', 'moefy', 'aux_loss',
-           'set_task_ids', 'set_aux_scale', 'expert_usage', 'load_state', 'from_pretrained', 'to_dense']
+           'set_task_ids', 'set_aux_scale', 'expert_usage', 'load_state', 'from_pretrained', 'quantize_dynamic',
+           'to_dense']
 
 # %% ../nbs/04_convert.ipynb #a1a66736
 from transformers.pytorch_utils import Conv1D
@@ -589,6 +590,16 @@ def _first_float_dtype(path) -> torch.dtype | None:
                              None)
                 if dt is not None: return dt
     return None
+
+# %% ../nbs/04_convert.ipynb #7a1b1a0d
+def quantize_dynamic(model: nn.Module, dtype=torch.qint8) -> nn.Module:
+    "torch's dynamic quantization of the model's nn.Linear layers (a copy); the MoE/MEO experts stay float32, said once."
+    import warnings
+    from torch.ao.quantization import quantize_dynamic as quantize
+    n = len(expert_layers(model))
+    if n: warnings.warn(f"meo: the experts of {n} MoE/MEO layers stay float32 (dynamic quantization swaps nn.Linear "
+                        "layers only)")
+    return quantize(model, {nn.Linear}, dtype=dtype)
 
 # %% ../nbs/04_convert.ipynb #091b3ef1
 def to_dense(model: nn.Module, task_id: int) -> nn.Module:

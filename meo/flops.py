@@ -15,9 +15,9 @@ from .ops.cpu import MERGE_MODES, merge_mode
 # %% auto #0
 __all__ = ['MERGE_FLOPS', 'FLOP_METHODS', 'MODEL_COSTS', 'BERT_SIZES', 'BERT_KS', 'AUTHORS_SETTINGS', 'BREAKEVEN_VARIANTS',
            'Cost', 'routing_groups', 'linear_cost', 'measure_flops', 'measure_ops', 'attention_cost', 'ffn_cost',
-           'bert_cost', 'gpt2_cost', 't5_cost', 'bart_cost', 'model_cost', 'bert_config', 'abstract_conventions',
-           'bert_flops_table', 'plot_bert', 'authors_config', 'models_flops_table', 'plot_models', 'breakeven_table',
-           'plot_breakeven', 'write_results', 'main']
+           'bert_cost', 'gpt2_cost', 'encoder_decoder_cost', 't5_cost', 'bart_cost', 'model_cost', 'bert_config',
+           'abstract_conventions', 'bert_flops_table', 'plot_bert', 'authors_config', 'models_flops_table',
+           'plot_models', 'breakeven_table', 'plot_breakeven', 'write_results', 'main']
 
 # %% ../nbs/07_flops.ipynb #10b9fc10
 MERGE_FLOPS = ("exact", "paper")   # the merge: 2 FLOPs per multiply-add like every product, or 1 as the paper's figure
@@ -191,8 +191,9 @@ def gpt2_cost(config, batch: int = 1, seq_len: int = 1024, method: str = "dense"
                method, **({"causal": True} if method != "dense" else {}), **expert).prefix("decoder")
     return c + Cost({"lm": batch * seq_len * d * config.vocab_size} if head else {}).prefix("head")
 
-def _seq2seq(enc_layers, dec_layers, d, enc_ff, dec_ff, enc_heads, dec_heads, enc_dh, dec_dh, V, batch, src_len,
-             tgt_len, method, head, gated, bias, expert) -> Cost:
+def encoder_decoder_cost(enc_layers, dec_layers, d, enc_ff, dec_ff, enc_heads, dec_heads, enc_dh, dec_dh, V, batch,
+                         src_len, tgt_len, method, head, gated, bias, expert) -> Cost:
+    "Forward cost of an encoder-decoder with the given stacks; the decoder's layers route on the pooled encoder output."
     check_choice("head", head, (None, "lm"))
     enc_opts = {**expert, "segments": 1}
     enc = _stack(enc_layers, batch, src_len, d, enc_ff, enc_heads, enc_dh, method, gated, bias, **enc_opts)
@@ -206,7 +207,7 @@ def t5_cost(config, batch: int = 1, src_len: int = 384, tgt_len: int = 30, metho
             head: str | None = "lm", **expert) -> Cost:
     "Forward cost of a Hugging Face T5 (`T5Config`, plain or gated) on src_len source and tgt_len target tokens."
     h, dh = config.num_heads, config.d_kv
-    return _seq2seq(config.num_layers, config.num_decoder_layers, config.d_model, config.d_ff, config.d_ff,
+    return encoder_decoder_cost(config.num_layers, config.num_decoder_layers, config.d_model, config.d_ff, config.d_ff,
                     h, h, dh, dh, config.vocab_size, batch, src_len, tgt_len, method, head, config.is_gated_act, False,
                     expert)
 
@@ -214,7 +215,7 @@ def bart_cost(config, batch: int = 1, src_len: int = 1024, tgt_len: int = 128, m
               head: str | None = "lm", **expert) -> Cost:
     "Forward cost of a Hugging Face BART (`BartConfig`) on src_len source and tgt_len target tokens."
     d, he, hd = config.d_model, config.encoder_attention_heads, config.decoder_attention_heads
-    return _seq2seq(config.encoder_layers, config.decoder_layers, d, config.encoder_ffn_dim, config.decoder_ffn_dim,
+    return encoder_decoder_cost(config.encoder_layers, config.decoder_layers, d, config.encoder_ffn_dim, config.decoder_ffn_dim,
                     he, hd, d // he, d // hd, config.vocab_size, batch, src_len, tgt_len, method, head, False, True,
                     expert)
 

@@ -9,15 +9,17 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 from torch import nn
-from .routing import Router
+from dataclasses import replace
+from .routing import Router, Routing
 from .layers import ExpertLinear
+from .ops import merged_product
 from .convert import moefy, aux_loss
 from .distributed import shard
 
 # %% auto #0
 __all__ = ['V', 'TINY', 'MINILM_VOCAB', 'CASES', 'DCP_CASES', 'CHECKS', 'tiny_config', 'tiny', 'batch', 'scramble',
-           'tiny_bert2bert', 'tiny_dense', 'tiny_model', 'tiny_batch', 'train_steps', 'state_bytes', 'fsdp_check',
-           'ddp_check', 'trainer_check', 'launch', 'main']
+           'backend_cases', 'check_backend', 'tiny_bert2bert', 'tiny_dense', 'tiny_model', 'tiny_batch', 'train_steps',
+           'state_bytes', 'fsdp_check', 'ddp_check', 'trainer_check', 'launch', 'main']
 
 # %% ../nbs/08_testing.ipynb #aa67cc1c
 V = 97                          # the tiny models' vocabulary
@@ -92,6 +94,44 @@ def scramble(model: nn.Module, seed: int = 0) -> nn.Module:
             if m.bias is not None: m.bias.add_(torch.randn(m.bias.shape, generator=g) * 0.5)
             if getattr(m, "token_attn", None) is not None: m.token_attn.up_weight.normal_(generator=g)
     return model
+
+# %% ../nbs/08_testing.ipynb #6e6cf0c8
+def backend_cases(B: int = 3, L: int = 7, I: int = 9, O: int = 11, n: int = 5, dtype=torch.float64, seed: int = 0):
+    "(name, x, weight, bias, routing) for every case a merged-product backend must get right."
+    g = torch.Generator().manual_seed(seed)
+    rnd = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64).to(dtype)
+    x, W, b = rnd(B, L, I), rnd(n, O, I) / I ** 0.5, rnd(n, O)
+    def gates(G, k):
+        top = torch.randn(G, n, generator=g).topk(k, dim=1)
+        return top.indices, top.values.softmax(1).to(dtype)
+    each = torch.arange(B)[:, None].expand(B, L)
+    shared = ((torch.arange(B) + 1) % 2)[:, None].expand(B, L)                 # examples 1, 0, 1, ...: two rows
+    runs = torch.cat([torch.arange(L) * 3 // L + 3 * i for i in range(B)]).view(B, L)   # three runs per example
+    idx, gt = gates(B, 3); gt[1, 2] = 0.                                       # selected, with a gate of exactly 0
+    yield "example k=2", x, W, b, Routing.make(*gates(B, 2), each, "example")
+    yield "example k=1", x, W, b, Routing.make(*gates(B, 1), each, "example")
+    yield "example, a gate of 0", x, W, b, Routing.make(idx, gt, each, "example")
+    yield "examples k=n", x, W, b, Routing.make(*gates(2, n), shared, "examples")
+    yield "examples, one row, no bias", x, W, None, Routing.make(*gates(1, 2), torch.zeros_like(each), "examples")
+    yield "runs k=2", x, W, b, Routing.make(*gates(3 * B, 2), runs, "runs")
+    yield "example k=n, strided x", rnd(B, L, I + 3)[..., 2:I + 2], W, b, Routing.make(*gates(B, n), each, "example")
+
+def check_backend(name: str, eps: float = 1e-8, dtype=torch.float64, cases=None, **options):
+    "Assert that backend `name` (with `options`) gives `merged_product_ref`'s output and every gradient on `cases`."
+    for case, x, W, b, r in (cases if cases is not None else backend_cases(dtype=dtype)):
+        dy = torch.randn(*x.shape[:2], W.shape[1], generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+        outs = []
+        for backend, opts in (("reference", {}), (name, options)):
+            given = dict(x=x, weight=W, bias=b, gate=r.gate)
+            leaves = {k: t.detach().clone().requires_grad_() for k, t in given.items() if t is not None}
+            y = merged_product(leaves["x"], leaves["weight"], leaves.get("bias"), replace(r, gate=leaves["gate"]),
+                               backend, **opts)
+            grads = torch.autograd.grad(y, list(leaves.values()), dy.to(y))
+            outs.append({"y": y, **dict(zip(leaves, grads))})
+        for what in outs[0]:
+            diff = (outs[1][what].double() - outs[0][what].double()).abs().max().item()
+            scale = max(1.0, outs[0][what].double().abs().max().item())
+            assert diff <= eps * scale, f"backend {name!r} {options}, {case}: {what} differs by {diff:.3g}"
 
 # %% ../nbs/08_testing.ipynb #43e22062
 MINILM_VOCAB = dict(vocab_size=30522, num_labels=2, hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1)

@@ -71,12 +71,6 @@ class FFN(nn.Module):
         kw = {} if self.method == "dense" else dict(task_ids=torch.zeros(x.shape[0], dtype=torch.long, device=x.device))
         return self.down(F.gelu(self.up(x, **kw)), **kw)
 
-def _workspace_mb(module) -> float:
-    "Size of this thread's MEO merge workspace after `module` ran (0 if it has no MEO layer)."
-    import meo.kernels as L
-    if not any(isinstance(m, MEOLinear) for m in module.modules()): return 0.
-    return sum(b.numel() * b.element_size() for b in getattr(L._ws, "bufs", {}).values()) / 2**20
-
 def ffn_macs(d, d_ff, batch, seq_len, method, n_experts, k, level) -> int:
     "Multiply-adds of one FFN block (`meo.flops.linear_cost`, both projections)."
     kw = dict(batch=batch, seq_len=seq_len, method=method, n_experts=n_experts, k=k, level=level)
@@ -127,7 +121,6 @@ def bench_ffn(d: int = 768, d_ff: int = 3072, batch: int = 16, seq_len: int = 12
                         mod = models[m].train()
                         row["saved_mb"] = round(saved_bytes(lambda: mod(x), list(mod.parameters())) / 2**20, 3)
                         row["peak_mb"] = round(peak_memory(fns[m]) / 2**20, 1)
-                        row["workspace_mb"] = round(_workspace_mb(mod), 1)
                     rows.append(row)
     return rows
 
@@ -205,7 +198,6 @@ def bench_model(config=None, batch: int = 16, seq_len: int = 128, n_experts: int
                         mod.train()
                         row["saved_mb"] = round(saved_bytes(lambda: mod(ids, **kw), list(mod.parameters())) / 2**20, 1)
                         row["peak_mb"] = round(peak_memory(fns[m]) / 2**20, 1)
-                        row["workspace_mb"] = round(_workspace_mb(mod), 1)
                         row["params_mb"] = round(sum(p.numel() * p.element_size() for p in mod.parameters()) / 2**20, 1)
                     rows.append(row)
             models = fns = mod = None                                 # freed before the next k's models are built

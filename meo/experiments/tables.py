@@ -425,6 +425,7 @@ def _layer_options(x):
     x.add_argument("--targets", nargs="+", default=S, help="module names or regexes of the projections to convert")
     x.add_argument("--merge", choices=("auto", "gemm", "gather"), default=S, help="MEO merge")
     x.add_argument("--block", type=int, default=S, help="MEO: output rows merged at a time")
+    x.add_argument("--backend", default=S, help="MEO: the merged product's backend (meo.ops: torch, triton, reference)")
 
 # %% ../../nbs/16_tables.ipynb #25113940
 def _table_options(t):

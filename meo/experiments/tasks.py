@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib, math, time
 import numpy as np
 import torch
+from ..core import router_level
 from ..convert import set_task_ids
 from .zoo import ModelSpec, model_spec, quiet_transformers, load_pretrained
 from .metrics import METRICS, token_nll, perplexity, exact_match, qa_f1, rouge
@@ -212,7 +213,7 @@ class CausalLMTask(TaskType):
         from meo.flops import gpt2_cost
         if getattr(model.config, "model_type", None) != "gpt2": return None
         if cfg.method == "dense": return gpt2_cost(model.config, batch=1, seq_len=seq_len).gflops
-        by_segment = cfg.level == "sequence" or (cfg.level == "token" and cfg.method == "meo")
+        by_segment = router_level(cfg.method, cfg.level) == "sequence"
         seg = math.ceil(seq_len / model.config.meo["segment_len"]) if by_segment else 1
         return gpt2_cost(model.config, batch=1, seq_len=seq_len, method=cfg.method, n_experts=cfg.n_experts,
                          k=cfg.k, level=cfg.level, segments=seg).gflops
@@ -328,8 +329,8 @@ def seq2seq_cost(config, src_len: int, tgt_len: int, method: str = "dense", **ex
         return None
     (le, d, fe, he), (ld, dd, fd, hd) = _stack_dims(config.encoder), _stack_dims(config.decoder)
     if dd != d: return None
-    return F._seq2seq(le, ld, d, fe, fd, he, hd, d // he, d // hd, config.decoder.vocab_size, 1, src_len, tgt_len,
-                      method, "lm", False, True, expert).gflops
+    return F.encoder_decoder_cost(le, ld, d, fe, fd, he, hd, d // he, d // hd, config.decoder.vocab_size, 1, src_len,
+                                  tgt_len, method, "lm", False, True, expert).gflops
 
 # %% ../../nbs/14_tasks.ipynb #4cf6c7ca
 def _cut(texts: list[str], tok, n: int) -> list[str]:

@@ -109,8 +109,9 @@ def apply_merged(x: Tensor,              # (B, L, I)
 
 def _rows_per_example(G, B) -> int | None:
     "J = G / B for 'runs', or None when it is symbolic (a graph exported for any sequence length)."
-    from torch.fx.experimental.symbolic_shapes import is_concrete_int
     J = G // max(B, 1) if isinstance(B, int) else G // B
+    if isinstance(J, int): return J
+    from torch.fx.experimental.symbolic_shapes import is_concrete_int
     return int(J) if is_concrete_int(J) else None
 
 def _runs_static(x: Tensor, W: Tensor, b: Tensor | None, group: Tensor) -> Tensor:
