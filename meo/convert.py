@@ -19,9 +19,9 @@ from .ops.cpu import apply_rows
 
 # %% auto #0
 __all__ = ['FFN_PATTERNS', 'DECODE_CACHE_BYTES', 'dense_params', 'find_ffn', 'CallContext', 'current_call', 'recomputing',
-           'call_scope', 'ModelContext', 'StackContext', 'stack_mode', 'expert_layers', 'moefy', 'aux_loss',
-           'set_task_ids', 'set_aux_scale', 'expert_usage', 'load_state', 'from_pretrained', 'quantize_dynamic',
-           'to_dense']
+           'call_scope', 'ModelContext', 'StackContext', 'stack_mode', 'select_blocks', 'expert_layers', 'moefy',
+           'aux_loss', 'set_task_ids', 'set_aux_scale', 'expert_usage', 'load_state', 'from_pretrained',
+           'quantize_dynamic', 'to_dense']
 
 # %% ../nbs/04_convert.ipynb #a1a66736
 from transformers.pytorch_utils import Conv1D
@@ -69,6 +69,7 @@ def _wrapped(name: str, mod: nn.Module) -> None:
                      f"{name}.{inner} (an adapter such as PEFT's LoRA): call meo.moefy on the base model first and add "
                      "adapters afterwards (or merge them in with merge_and_unload)")
 
+# %% ../nbs/04_convert.ipynb #7409e43d
 def find_ffn(model: nn.Module, targets: list[str] | None = None) -> list[str]:
     "Names of the feed-forward projections of `model` (or of the modules matching `targets`)."
     if targets: _check_targets(model, targets)
@@ -253,8 +254,8 @@ def _pooled_encoder(a: dict) -> Tensor | None:
     return None if enc is None else masked_mean(enc, emask)
 
 def _token_mask(mask, shape: tuple | None, past) -> Tensor | None:
-    """The padding mask of the call, (B, T_past + T) as given, or (B, T) for its own tokens read off a 4-D attention mask
-    (B, 1, T, S), as generation with a static cache passes: a real token attends to itself, a padding token is
+    """The padding mask of the call, (B, T_past + T) as given, or (B, T) for its own tokens read off a 4-D attention
+    mask (B, 1, T, S), as generation with a static cache passes: a real token attends to itself, a padding token is
     attended by none (bool: True = attend; float: 0 = attend)."""
     if not isinstance(mask, Tensor) or shape is None: return None
     if mask.dim() == 2: return mask
@@ -284,6 +285,7 @@ def _stack_pre_hook(module, args, kwargs):
     _set_call(CallContext(st, parent, mask, shape, None, pooled, cache, past, states,
                           aux_scale=mc.aux_scale if mc is not None else st.model.aux_scale))
 
+# %% ../nbs/04_convert.ipynb #d8a03a55
 def _stack_post_hook(module, args, kwargs, output):
     st = module._meo_stack
     call = current_call()
@@ -407,6 +409,33 @@ def stack_mode(model: nn.Module, stack: nn.Module, causal: bool | None = None) -
         return "causal"
     return "bidirectional"
 
+# %% ../nbs/04_convert.ipynb #8bd8e126
+def _block_index(name: str, stack: str) -> int | None:
+    "The first integer in `name` below `stack`: the index of the transformer block the module belongs to."
+    rest = name[len(stack) + 1:] if stack else name
+    return next((int(p) for p in rest.split(".") if p.isdigit()), None)
+
+def select_blocks(names: list[str], stack_of: dict, blocks) -> list[str]:
+    "The `names` (feed-forward projections) in the blocks that `blocks` chooses (see `meo.core.check_blocks`)."
+    found = {}
+    for name in names:
+        i = _block_index(name, stack_of[name])
+        if i is not None: found.setdefault(stack_of[name], {})[name] = i
+    keep = set()
+    for stack, idx in found.items():
+        n = max(idx.values()) + 1
+        if isinstance(blocks, list):
+            if bad := [b for b in blocks if not -n <= b < n]:
+                raise ValueError(f"blocks={blocks}: {bad} out of range for the {n} blocks of {stack or 'the model'}")
+            chosen = {b % n for b in blocks}
+        else:
+            how, m = blocks.split(":"); m = int(m)
+            chosen = {"every": {i for i in range(n) if i % m == m - 1}, "first": set(range(min(m, n))),
+                      "last": set(range(max(0, n - m), n))}[how]
+        keep |= {name for name, i in idx.items() if i in chosen}
+    if not keep: raise ValueError(f"blocks={blocks!r} selects none of the {len(names)} feed-forward projections")
+    return [n for n in names if n in keep]
+
 # %% ../nbs/04_convert.ipynb #b479ec8d
 def expert_layers(model: nn.Module) -> dict:
     "The MoE/MEO layers of `model`, by name."
@@ -420,6 +449,7 @@ def moefy(model: nn.Module, config: MEOConfig | None = None, **kwargs) -> nn.Mod
     names = find_ffn(model, cfg.targets)
     modules = dict(model.named_modules())
     stacks = {n: m for n, m in modules.items() if _is_stack(m)}
+    if cfg.blocks is not None: names = select_blocks(names, {n: _stack_of(model, n, stacks) for n in names}, cfg.blocks)
     mctx = ModelContext(cfg.n_tasks if cfg.level == "task" else None)
     ctxs = {}
     hf = getattr(model, "config", None)
@@ -563,6 +593,7 @@ def _device_map(model: nn.Module, device_map) -> dict:
         model, no_split_module_classes=split, low_zero=device_map == "balanced_low_0")
     return infer_auto_device_map(model, max_memory=memory, no_split_module_classes=split)
 
+# %% ../nbs/04_convert.ipynb #99f1cbc3
 def _load_empty(build, path, device_map) -> nn.Module:
     "Build on the meta device, then let accelerate load the checkpoint into it, tensor by tensor, onto `device_map`."
     from accelerate import init_empty_weights, load_checkpoint_in_model, dispatch_model
@@ -581,19 +612,20 @@ def _first_float_dtype(path) -> torch.dtype | None:
     "The dtype of the checkpoint's first floating tensor, read from its safetensors header."
     from safetensors import safe_open
     path = Path(path)
-    files = [path / "model.safetensors"] if (path / "model.safetensors").exists() else sorted(path.glob("*.safetensors"))
+    single = path / "model.safetensors"
+    files = [single] if single.exists() else sorted(path.glob("*.safetensors"))
     for f in files:
         with safe_open(str(f), "pt") as sf:
             for name in sf.keys():
                 t = sf.get_slice(name).get_dtype()
-                dt = getattr(torch, {"F32": "float32", "F16": "float16", "BF16": "bfloat16", "F64": "float64"}.get(t, ""),
-                             None)
+                names = {"F32": "float32", "F16": "float16", "BF16": "bfloat16", "F64": "float64"}
+                dt = getattr(torch, names.get(t, ""), None)
                 if dt is not None: return dt
     return None
 
 # %% ../nbs/04_convert.ipynb #7a1b1a0d
 def quantize_dynamic(model: nn.Module, dtype=torch.qint8) -> nn.Module:
-    "torch's dynamic quantization of the model's nn.Linear layers (a copy); the MoE/MEO experts stay float32, said once."
+    "torch's dynamic quantization of the model's nn.Linear layers (a copy); the MoE/MEO experts stay float32: said."
     import warnings
     from torch.ao.quantization import quantize_dynamic as quantize
     n = len(expert_layers(model))

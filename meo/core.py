@@ -4,12 +4,13 @@
 
 # %% ../nbs/00_core.ipynb #488f5b36
 from __future__ import annotations
+import re
 from dataclasses import dataclass, asdict, fields
 import torch
 
 # %% auto #0
 __all__ = ['METHODS', 'LEVELS', 'test_eq', 'test_close', 'check_choice', 'check_int', 'check_experts', 'router_level',
-           'MEOConfig']
+           'MEOConfig', 'check_blocks']
 
 # %% ../nbs/00_core.ipynb #5d420188
 def _as_tensors(a, b):
@@ -87,6 +88,7 @@ class MEOConfig:
     segment_len: int = 64        # causal (decoder-only) sequence routing: tokens per routing segment
     causal: bool | None = None   # treat the model as a causal decoder (None: decide from its config)
     targets: list | None = None  # module names or regexes of the projections to convert (None: detect)
+    blocks: str | list | None = None  # which transformer blocks get experts (None: all; see `check_blocks`)
     merge: str = "auto"          # MEO, backend 'torch': merge by 'gemm' or 'gather' ('auto': by shape)
     block: int | None = None     # MEO, backend 'torch': output rows merged at a time (None: all that fit)
     backend: str = "torch"       # MEO: the merged product's backend (`meo.ops`): 'torch', 'triton', 'reference'
@@ -104,6 +106,7 @@ class MEOConfig:
         if self.backend_options is not None and not isinstance(self.backend_options, dict):
             raise ValueError(f"backend_options={self.backend_options!r} is not valid: expected a dict or None")
         if isinstance(self.targets, str): self.targets = [self.targets]
+        self.blocks = check_blocks(self.blocks)
         if self.aux_coef < 0: raise ValueError(f"aux_coef={self.aux_coef} is not valid: expected aux_coef >= 0")
         if self.init_noise < 0: raise ValueError(f"init_noise={self.init_noise} is not valid: expected init_noise >= 0")
 
@@ -122,3 +125,19 @@ class MEOConfig:
         return cls(**{k: v for k, v in d.items() if k in names})
 
 _DEFAULTS = {f.name: f.default for f in fields(MEOConfig)}
+
+# %% ../nbs/00_core.ipynb #556d210f
+def check_blocks(blocks):
+    """Validate `blocks`, the transformer blocks that get experts: None (every block), 'every:S' (every S-th, counted
+    from the S-th: 'every:2' is blocks 1, 3, 5, ... as in GShard and Switch), 'first:N', 'last:N', or a list of block
+    indices (negative ones from the end). Returns it (a tuple becomes a list)."""
+    if blocks is None: return None
+    if isinstance(blocks, (list, tuple)):
+        if not blocks or not all(isinstance(b, int) and not isinstance(b, bool) for b in blocks):
+            raise ValueError(f"blocks={blocks!r} is not valid: expected a non-empty list of block indices")
+        return list(blocks)
+    m = re.fullmatch(r"(every|first|last):(\d+)", str(blocks))
+    if not m or int(m.group(2)) < 1:
+        raise ValueError(f"blocks={blocks!r} is not valid: expected None, 'every:S', 'first:N', 'last:N' (S, N >= 1) "
+                         "or a list of block indices")
+    return blocks
