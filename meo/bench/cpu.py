@@ -14,8 +14,9 @@ from ..layers import MoELinear, MEOLinear
 from ..flops import linear_cost
 
 # %% auto #0
-__all__ = ['timeit', 'saved_bytes', 'peak_memory', 'FFN', 'ffn_macs', 'side_by_side', 'bench_ffn', 'release_memory',
-           'bench_model', 'machine_limits', 'plot_layer', 'main']
+__all__ = ['SERVING_MODES', 'timeit', 'saved_bytes', 'peak_memory', 'FFN', 'ffn_macs', 'machine_limits', 'roofline_ms',
+           'experts_read', 'ffn_roofline', 'model_roofline', 'side_by_side', 'bench_ffn', 'release_memory',
+           'bench_model', 'bench_serving', 'plot_layer', 'main']
 
 # %% ../../nbs/20_bench_cpu.ipynb #0d1d859c
 def timeit(fn, repeats: int = 5, warmup: int = 1) -> list[float]:
@@ -76,6 +77,56 @@ def ffn_macs(d, d_ff, batch, seq_len, method, n_experts, k, level) -> int:
     kw = dict(batch=batch, seq_len=seq_len, method=method, n_experts=n_experts, k=k, level=level)
     return linear_cost(d, d_ff, **kw).macs + linear_cost(d_ff, d, **kw).macs
 
+# %% ../../nbs/20_bench_cpu.ipynb #d41d6097
+def machine_limits(device: str = "cpu", size: int = 2048, mb: int = 256) -> dict:
+    "Measured GEMM rate (GFLOP/s, float32) and copy bandwidth (GB/s, read + write) of this machine."
+    dev = torch.device(device)
+    a, b = torch.randn(size, size, device=dev), torch.randn(size, size, device=dev)
+    gemm = 2 * size ** 3 / statistics.median(timeit(lambda: a @ b, 5)) / 1e9
+    src = torch.randn(mb * 2**20 // 4, device=dev); dst = torch.empty_like(src)
+    bw = 2 * src.numel() * 4 / statistics.median(timeit(lambda: dst.copy_(src), 5)) / 1e9
+    return dict(device=dev.type, threads=torch.get_num_threads(), gemm_gflops=round(gemm, 1), copy_gbs=round(bw, 1))
+
+# %% ../../nbs/20_bench_cpu.ipynb #r00f1a02
+from ..flops import routing_groups, bert_cost
+
+def roofline_ms(macs: float, nbytes: float, limits: dict) -> float:
+    "A pass's roofline bound (ms): its multiply-adds at the GEMM rate or its bytes at the copy bandwidth, the longer."
+    return 1000 * max(2 * macs / (limits["gemm_gflops"] * 1e9), nbytes / (limits["copy_gbs"] * 1e9))
+
+def experts_read(method: str, level: str, n_experts: int, k: int, batch: int, seq_len: int) -> int:
+    "Expert matrices a projection reads at least once: 1 for dense, else those some routing group selects (<= n)."
+    return 1 if method == "dense" else min(n_experts, routing_groups(method, level, batch, seq_len) * k)
+
+def _bound(limits, macs, weights, grads, acts, pass_):
+    "Forward: macs, weights + activations; a training step: 3x the macs, weights twice, gradients, activations twice."
+    if pass_ == "forward": return roofline_ms(macs, weights + acts, limits)
+    return roofline_ms(3 * macs, 2 * weights + grads + 2 * acts, limits)
+
+def ffn_roofline(limits: dict, d: int, d_ff: int, batch: int, seq_len: int, method: str = "dense",
+                 n_experts: int = 16, k: int = 4, level: str = "sequence", pass_: str = "forward",
+                 itemsize: int = 4) -> float:
+    "The roofline bound (ms) of one feed-forward block (`FFN`): a forward pass or a training step."
+    macs = ffn_macs(d, d_ff, batch, seq_len, method, n_experts, k, level)
+    w = 2 * d * d_ff * itemsize                                           # both projections of one expert
+    e = experts_read(method, level, n_experts, k, batch, seq_len)
+    acts = batch * seq_len * 2 * (d + d_ff) * itemsize                    # x; h written and read; y
+    return _bound(limits, macs, e * w, (1 if method == "dense" else n_experts) * w, acts, pass_)
+
+def model_roofline(limits: dict, config, batch: int, seq_len: int, method: str = "dense", n_experts: int = 16,
+                   k: int = 4, level: str = "sequence", pass_: str = "forward", itemsize: int = 4) -> float:
+    "The roofline bound (ms) of a whole BERT (`BertModel`, dense or converted by `moefy`)."
+    kw = {} if method == "dense" else dict(n_experts=n_experts, k=k, level=level)
+    macs = bert_cost(config, batch, seq_len, method, head="pooler", **kw).macs
+    d, f, layers = config.hidden_size, config.intermediate_size, config.num_hidden_layers
+    block = 4 * d * d + 2 * d * f                                         # attention and FFN weights of a layer
+    embed = (config.vocab_size + config.max_position_embeddings + config.type_vocab_size) * d + d * d
+    e = experts_read(method, level, n_experts, k, batch, seq_len)
+    weights = (embed + layers * (block + (e - 1) * 2 * d * f)) * itemsize
+    grads = (embed + layers * (block + ((1 if method == "dense" else n_experts) - 1) * 2 * d * f)) * itemsize
+    acts = layers * batch * seq_len * (2 * (d + f) + 8 * d) * itemsize   # FFN as above; q, k, v, context, output
+    return _bound(limits, macs, weights, grads, acts, pass_)
+
 # %% ../../nbs/20_bench_cpu.ipynb #e2640f68
 def side_by_side(fns: dict, repeats: int) -> dict:
     "Median milliseconds of each function, timed in turn (interleaved) `repeats` times after one warm-up each."
@@ -99,8 +150,9 @@ def _pass_fn(module: nn.Module, x: Tensor, pass_: str):
 
 def bench_ffn(d: int = 768, d_ff: int = 3072, batch: int = 16, seq_len: int = 128, n_experts: int = 16,
               ks=(1, 2, 4, 8, 16), levels=LEVELS, passes=("forward", "train"), repeats: int = 5,
-              dtype=torch.float32, device: str = "cpu", memory: bool = True) -> list[dict]:
-    "Time dense, MoE and MEO FFN blocks side by side; one row per (level, method, k, pass) with the median ms."
+              dtype=torch.float32, device: str = "cpu", memory: bool = True, limits: dict | None = None) -> list[dict]:
+    """Time dense, MoE and MEO FFN blocks side by side; one row per (level, method, k, pass) with the median ms (and,
+    given the machine's `limits`, its roofline bound)."""
     rows = []
     dev = torch.device(device)
     x = torch.randn(batch, seq_len, d, device=dev, dtype=dtype, requires_grad=True)
@@ -117,6 +169,10 @@ def bench_ffn(d: int = 768, d_ff: int = 3072, batch: int = 16, seq_len: int = 12
                                **{"pass": pass_}, ms=round(ms[m], 3), ratio_to_dense=round(ms[m] / ms["dense"], 4),
                                gmacs=round(ffn_macs(d, d_ff, batch, seq_len, m, n_experts, k, level) / 1e9, 4),
                                batch=batch, seq_len=seq_len, d=d, d_ff=d_ff, n_experts=n_experts, repeats=repeats)
+                    if limits:
+                        b = [ffn_roofline(limits, d, d_ff, batch, seq_len, mm, n_experts, k, level, pass_,
+                                          x.element_size()) for mm in (m, "dense")]
+                        row.update(roofline_ms=round(b[0], 3), roofline_ratio=round(b[0] / b[1], 4))
                     if memory and pass_ == "train":
                         mod = models[m].train()
                         row["saved_mb"] = round(saved_bytes(lambda: mod(x), list(mod.parameters())) / 2**20, 3)
@@ -169,8 +225,9 @@ def _converted(config, dev, methods, n_experts: int, k: int, level: str) -> dict
 # %% ../../nbs/20_bench_cpu.ipynb #eeb26b9b
 def bench_model(config=None, batch: int = 16, seq_len: int = 128, n_experts: int = 16, ks=(1, 4, 16),
                 levels=("sequence",), methods=("moe", "meo"), passes=("forward", "train"), repeats: int = 3,
-                device: str = "cpu", memory: bool = True) -> list[dict]:
-    "Time a dense BERT and its MoE/MEO conversions side by side (one row per level, method, k, pass)."
+                device: str = "cpu", memory: bool = True, limits: dict | None = None) -> list[dict]:
+    """Time a dense BERT and its MoE/MEO conversions side by side (one row per level, method, k, pass; given the
+    machine's `limits`, with its roofline bound)."""
     from transformers import BertConfig, BertModel
     config = config or BertConfig()
     dev = torch.device(device)
@@ -193,6 +250,10 @@ def bench_model(config=None, batch: int = 16, seq_len: int = 128, n_experts: int
                                ms=round(ms[m], 2), ratio_to_dense=round(ms[m] / ms["dense"], 4),
                                samples_per_s=round(1000 * batch / ms[m], 3), batch=batch, seq_len=seq_len,
                                n_experts=n_experts, repeats=repeats)
+                    if limits:
+                        b = [model_roofline(limits, config, batch, seq_len, mm, n_experts, k, level, pass_)
+                             for mm in (m, "dense")]
+                        row.update(roofline_ms=round(b[0], 2), roofline_ratio=round(b[0] / b[1], 4))
                     if memory and pass_ == "train":
                         mod, kw = models[m]
                         mod.train()
@@ -204,15 +265,44 @@ def bench_model(config=None, batch: int = 16, seq_len: int = 128, n_experts: int
             release_memory()
     return rows
 
-# %% ../../nbs/20_bench_cpu.ipynb #d41d6097
-def machine_limits(device: str = "cpu", size: int = 2048, mb: int = 256) -> dict:
-    "Measured GEMM rate (GFLOP/s, float32) and copy bandwidth (GB/s, read + write) of this machine."
+# %% ../../nbs/20_bench_cpu.ipynb #s00e1a02
+SERVING_MODES = ("eager", "compiled", "exported")
+
+def _runner(model, ids, kw: dict, mode: str):
+    "The model as served: itself, `torch.compile(fullgraph=True)` of it, or the module of its `torch.export`."
+    if mode == "eager": return model
+    if mode == "compiled": return torch.compile(model, fullgraph=True)
+    return torch.export.export(model, (ids,), kw).module()
+
+def bench_serving(config=None, batch: int = 16, seq_len: int = 128, n_experts: int = 16, k: int = 4,
+                  level: str = "sequence", modes=SERVING_MODES, repeats: int = 3, device: str = "cpu") -> list[dict]:
+    "Inference of a dense BERT and its MEO conversion, eager, compiled and exported, timed side by side."
+    from transformers import BertConfig, BertModel
+    config = config or BertConfig()
     dev = torch.device(device)
-    a, b = torch.randn(size, size, device=dev), torch.randn(size, size, device=dev)
-    gemm = 2 * size ** 3 / statistics.median(timeit(lambda: a @ b, 5)) / 1e9
-    src = torch.randn(mb * 2**20 // 4, device=dev); dst = torch.empty_like(src)
-    bw = 2 * src.numel() * 4 / statistics.median(timeit(lambda: dst.copy_(src), 5)) / 1e9
-    return dict(device=dev.type, threads=torch.get_num_threads(), gemm_gflops=round(gemm, 1), copy_gbs=round(bw, 1))
+    torch.manual_seed(0)
+    ids = torch.randint(0, config.vocab_size, (batch, seq_len), device=dev)
+    kw = dict(task_ids=torch.zeros(batch, dtype=torch.long, device=dev)) if level == "task" else {}
+    models = {"dense": (BertModel(config).to(dev).eval(), {}),
+              "meo": (_converted(config, dev, ("meo",), n_experts, k, level)["meo"].eval(), kw)}
+    fns, setup = {}, {}
+    for m, (model, kw_) in models.items():
+        for mode in modes:
+            t = time.perf_counter()
+            with torch.no_grad():
+                run = _runner(model, ids, kw_, mode)
+                run(ids, **kw_)                                            # compiles
+            setup[m, mode] = time.perf_counter() - t
+            def fn(run=run, kw_=kw_):
+                with torch.no_grad(): run(ids, **kw_)
+            fns[m, mode] = fn
+    ms = side_by_side(fns, repeats)
+    name = "bert-base" if config.hidden_size == 768 else f"bert-{config.hidden_size}"
+    return [dict(device=dev.type, model=name, level=level, method=m, k=k if m != "dense" else None, mode=mode,
+                 ms=round(t_, 2), samples_per_s=round(1000 * batch / t_, 3),
+                 ratio_to_dense=round(t_ / ms["dense", mode], 4), ratio_to_eager=round(t_ / ms[m, "eager"], 4),
+                 setup_s=round(setup[m, mode], 1), batch=batch, seq_len=seq_len, n_experts=n_experts, repeats=repeats)
+            for (m, mode), t_ in ms.items()]
 
 # %% ../../nbs/20_bench_cpu.ipynb #a745845b
 import json, sys
@@ -253,6 +343,10 @@ def _parser() -> argparse.ArgumentParser:
                    help="routing levels of the whole-model comparison")
     p.add_argument("--keep-model-rows", action="store_true",
                    help="keep the rows of an existing bench_model CSV for the (level, k) not run now")
+    p.add_argument("--serving", action=argparse.BooleanOptionalAction, default=True,
+                   help="time the whole model eager, compiled and exported (bench_serving CSV)")
+    p.add_argument("--serving-level", default="sequence", choices=list(LEVELS))
+    p.add_argument("--serving-k", type=int, default=4)
     return p
 
 # %% ../../nbs/20_bench_cpu.ipynb #2d4a50cb
@@ -260,28 +354,31 @@ def _layer_sweep(a, out: Path, suffix: str, info: dict):
     "The FFN sweep: bench_machine.json (before the long part), the layer CSV and its plot."
     import pandas as pd
     (out / f"bench_machine{suffix}.json").write_text(json.dumps(info, indent=1))
-    shapes = dict(d=64, d_ff=256, batch=4, seq_len=32) if a.quick else {}
-    layer = pd.DataFrame(bench_ffn(**shapes, repeats=a.repeats, dtype=getattr(torch, a.dtype), device=a.device))
+    shapes = dict(d=64, d_ff=256, batch=4, seq_len=32, ks=(1, 2)) if a.quick else {}
+    layer = pd.DataFrame(bench_ffn(**shapes, repeats=a.repeats, dtype=getattr(torch, a.dtype), device=a.device,
+                                   limits=info))
     layer.to_csv(out / f"bench_layer{suffix}.csv", index=False)
     plot_layer(layer, out / f"bench_layer{suffix}.png")
-    print(layer.pivot_table(index=["pass", "level", "method"], columns="k", values="ratio_to_dense",
-                            sort=False).round(2), flush=True)
+    for col in ("ratio_to_dense", "roofline_ratio"):
+        print(col, layer.pivot_table(index=["pass", "level", "method"], columns="k", values=col, sort=False).round(2),
+              sep="\n", flush=True)
 
-def _model_sweep(a, out: Path, suffix: str):
+def _quick_config():
+    from transformers import BertConfig
+    return BertConfig(vocab_size=100, hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=256)
+
+def _model_sweep(a, out: Path, suffix: str, lim: dict):
     "The whole-model comparison, one (level, k) at a time, the CSV rewritten after each (other rows kept if asked)."
     import pandas as pd
-    cfg = None
-    if a.quick:
-        from transformers import BertConfig
-        cfg = BertConfig(vocab_size=100, hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
-                         intermediate_size=256)
+    cfg = _quick_config() if a.quick else None
     mcsv = out / f"bench_model{suffix}.csv"
     old = pd.read_csv(mcsv) if a.keep_model_rows and mcsv.exists() else None
     rows = []
     for level in a.model_levels:
         for k in a.model_ks:
             rows += bench_model(cfg, **({"batch": 4, "seq_len": 32} if a.quick else {}), device=a.device,
-                                ks=(k,), levels=(level,), repeats=max(1, a.repeats // 2), memory=a.model_memory)
+                                ks=(k,), levels=(level,), repeats=max(1, a.repeats // 2), memory=a.model_memory,
+                                limits=lim)
             model = pd.DataFrame(rows)
             if old is not None:
                 done = set(zip(model.level, model.k))
@@ -289,9 +386,10 @@ def _model_sweep(a, out: Path, suffix: str):
                                   ignore_index=True)
             model.to_csv(mcsv, index=False)
             release_memory()
-    print(model[["level", "method", "k", "pass", "ms", "ratio_to_dense", "samples_per_s"] +
+    print(model[["level", "method", "k", "pass", "ms", "ratio_to_dense", "roofline_ratio", "samples_per_s"] +
                 [c for c in ("saved_mb", "peak_mb") if c in model]].to_string(index=False), flush=True)
 
+# %% ../../nbs/20_bench_cpu.ipynb #m00a1b01
 def main(argv=None):
     "python -m meo.bench.cpu [--quick] [--no-model] [--no-layer] [--model-ks 1 4 16] ... (see `_parser`)"
     a = _parser().parse_args(argv)
@@ -307,6 +405,14 @@ def main(argv=None):
         old = json.loads(mpath.read_text()) if mpath.exists() else {}
         mpath.write_text(json.dumps({**old, "model_run": info}, indent=1))
     else: _layer_sweep(a, out, suffix, info)
-    if not a.no_model: _model_sweep(a, out, suffix)
+    if not a.no_model: _model_sweep(a, out, suffix, lim)
+    if a.serving:
+        import pandas as pd
+        serving = pd.DataFrame(bench_serving(_quick_config() if a.quick else None, k=a.serving_k,
+                                             level=a.serving_level, repeats=max(1, a.repeats // 2), device=a.device,
+                                             **({"batch": 4, "seq_len": 32} if a.quick else {})))
+        serving.to_csv(out / f"bench_serving{suffix}.csv", index=False)
+        print(serving[["method", "mode", "ms", "samples_per_s", "ratio_to_dense", "ratio_to_eager", "setup_s"]]
+              .to_string(index=False), flush=True)
 
 if __name__ == "__main__" and "get_ipython" not in globals(): main()   # the module run as a script, not the notebook
