@@ -5,42 +5,50 @@
 # %% ../../nbs/02b_ops_cpu.ipynb #k0000003
 from __future__ import annotations
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 from ..core import check_choice, check_int
 from ..routing import Routing
 from . import merge, pack_runs, used_rows, register_backend
 
 # %% auto #0
-__all__ = ['MERGE_MODES', 'TILE_BYTES', 'MERGE_ROWS', 'merge_mode', 'dense_gates', 'merged_product_torch', 'apply_rows']
+__all__ = ['MERGE_MODES', 'TILE_BYTES', 'TILE_ROWS', 'TILE_COLS', 'MERGE_ROWS', 'merge_mode', 'dense_gates', 'tiling',
+           'merged_product_torch', 'apply_rows']
 
 # %% ../../nbs/02b_ops_cpu.ipynb #21a2a686
 MERGE_MODES = ("auto", "gemm", "gather")
 
 def merge_mode(mode: str, n_experts: int, n_groups: int, k: int) -> str:
-    "Resolve `mode='auto'`: 'gemm' unless 'gather' reads under half as many expert matrices (n <= 2 G k)."
+    "Resolve `mode='auto'`: 'gemm' when k >= n/2 and there are several gate rows, else 'gather'."
     check_choice("merge", mode, MERGE_MODES)
     if mode != "auto": return mode
-    return "gemm" if n_experts <= 2 * n_groups * k else "gather"
-
-def _merge_into(out: Tensor, slab: Tensor, index: Tensor, gate: Tensor, dense: Tensor | None, mode: str) -> Tensor:
-    "out (G, m) <- sum_j gate[:, j] * slab[index[:, j]] for slab (n, m): one GEMM ('gemm') or k gathers ('gather')."
-    if mode == "gemm": return torch.mm(dense, slab, out=out)
-    G, k = index.shape
-    if slab.device.type == "cpu" and G * k <= 64:           # few rows (task level): scaled views, no gathered copies
-        idx, g = index.tolist(), gate.tolist()
-        for r in range(G):
-            torch.mul(slab[idx[r][0]], g[r][0], out=out[r])
-            for j in range(1, k): out[r].add_(slab[idx[r][j]], alpha=g[r][j])
-        return out
-    for j in range(k):
-        sel = slab.index_select(0, index[:, j])
-        if j == 0: torch.mul(sel, gate[:, j:j + 1], out=out)
-        else: out.addcmul_(sel, gate[:, j:j + 1])
-    return out
+    return "gemm" if 2 * k >= n_experts and n_groups > 1 else "gather"
 
 def dense_gates(index: Tensor, gate: Tensor, n: int) -> Tensor:  # (G, n)
     "The gates as a dense `(G, n)` matrix, zero outside each row's selected experts (what the `gemm` merge multiplies)."
     return gate.new_zeros(index.shape[0], n).scatter(1, index, gate)
+
+# %% ../../nbs/02b_ops_cpu.ipynb #t0000002
+class _Tiles:
+    "The merged tiles of one call: `tile(o0, o1, c)` = rows o0..o1, column block c, of every gate row's merged weight."
+    def __init__(self, weight: Tensor, index: Tensor, gate: Tensor, rows: int, cols: int, mode: str):
+        (self.n, self.O, I), (self.G, k) = weight.shape, index.shape
+        self.weight, self.cols, self.nc, self.mode = weight, cols, I // cols, mode
+        if mode == "gemm": self.dense = dense_gates(index, gate, self.n)
+        else:
+            self.table = weight.view(-1, cols)                       # (n O nc, cols): the experts' rows, no copy
+            o = torch.arange(rows, device=index.device)[:, None, None]
+            self.bags = ((index[None] * self.O + o) * self.nc).view(-1, k)   # table rows of tile (0, rows, 0)
+            self.gates = gate[None].expand(rows, self.G, k).reshape(-1, k)   # (rows G, k): their gates
+
+    def tile(self, o0: int, o1: int, c: int) -> Tensor:   # (o1 - o0, G, cols)
+        m = o1 - o0
+        if self.mode == "gemm":
+            w = self.weight[:, o0:o1, c * self.cols:(c + 1) * self.cols]       # (n, m, cols), a view
+            return torch.bmm(self.dense.expand(m, self.G, self.n), w.transpose(0, 1))
+        r = m * self.G
+        return F.embedding_bag(self.bags[:r] + (o0 * self.nc + c), self.table, per_sample_weights=self.gates[:r],
+                               mode="sum").view(m, self.G, self.cols)
 
 # %% ../../nbs/02b_ops_cpu.ipynb #80c00884
 def _group_rows(group: Tensor | None, n_groups: int) -> list | None:
@@ -56,30 +64,18 @@ def _group_rows(group: Tensor | None, n_groups: int) -> list | None:
 def _blocks(O: int, block: int):
     return [(o, min(o + block, O)) for o in range(0, O, block)]
 
-def _blocks_in(o0: int, o1: int, block: int):
-    return [(o0 + a, o0 + b) for a, b in _blocks(o1 - o0, block)]
+TILE_BYTES = 2 ** 24          # every gate row's whole merged weight, if within this, is one tile (16 MB)
+TILE_ROWS, TILE_COLS = 64, 768  # else tiles of 64 output rows by at most 768 input columns (192 KB per gate row)
+MERGE_ROWS = 64               # output rows of the gradients D_g formed at a time in backward
 
-TILE_BYTES = 2 ** 24         # the merged weights of one block of output rows, every gate row's: 16 MB per call
-MERGE_ROWS = 64              # rows merged per matrix product (a cache-sized merge)
-
-def _auto_block(O: int, I: int, G: int, block: int | None, itemsize: int = 4) -> int:
-    "Output rows per block: `block`, or as many as keep the merged weights of every gate row within TILE_BYTES."
-    if block: return min(block, O)
-    rows = TILE_BYTES // max(1, G * I * itemsize)
-    return O if rows >= O else max(MERGE_ROWS, rows // MERGE_ROWS * MERGE_ROWS)
-
-def _tile(G: int, blk: int, I: int, like: Tensor) -> Tensor:
-    "This call's buffer for the merged weights of one block: (G * blk * I,), allocated per call, never kept."
-    return like.new_empty(G * blk * I)
-
-def _merge_rows(buf: Tensor, weight: Tensor, o0: int, index: Tensor, gate: Tensor, dense: Tensor | None, mode: str):
-    "buf (G, m*I) <- merged rows o0 .. o0+m of every group, MERGE_ROWS rows per merge."
-    n, _, I = weight.shape
-    m = buf.shape[1] // I
-    for s0, s1 in _blocks(m, MERGE_ROWS):
-        _merge_into(buf[:, s0 * I:s1 * I], weight[:, o0 + s0:o0 + s1].reshape(n, (s1 - s0) * I), index, gate, dense,
-                    mode)
-    return buf
+def tiling(G: int, O: int, I: int, itemsize: int = 4, block: int | None = None,
+           cols: int | None = None) -> tuple[int, int]:
+    """(rows, cols) of a tile: all of (O, I) when the merged weights of the G gate rows fit TILE_BYTES, else TILE_ROWS
+    rows by the largest divisor of I up to TILE_COLS; `block` (rows) and `cols` (a divisor of I) set by hand."""
+    if cols is not None and I % cols: raise ValueError(f"cols={cols} is not valid: expected a divisor of {I}")
+    if block is None and cols is None and G * O * I * itemsize <= TILE_BYTES: return O, I
+    cols = cols or (I if I <= TILE_COLS else next((c for c in range(TILE_COLS, 63, -1) if I % c == 0), I))
+    return min(block or TILE_ROWS, O), cols
 
 def _frobenius(slab: Tensor, D: Tensor, index: Tensor, mode: str) -> Tensor:
     "<slab[index[g,j]], D[g]> for every (g, j): (G, k), accumulated in float32 or better; slab (n, m), D (G, m)."
@@ -108,18 +104,12 @@ def _scatter_add_experts(out: Tensor, D: Tensor, index: Tensor, gate: Tensor, de
     else:
         for j in range(k): out.index_add_(0, index[:, j], D * gate[:, j:j + 1])
 
-def _apply(x: Tensor, W: Tensor, rows: list | None, out: Tensor, transpose: bool = True, accumulate: bool = False,
-           scratch: Tensor | None = None, bias: Tensor | None = None):
-    "out_b (+)= x_b @ W_g(b)^T (or @ W_g(b)) [+ bias_g(b)]; x (B, L, ·), W (G, ·, ·), out (B, L, ·) maybe strided."
+def _apply(x: Tensor, W: Tensor, rows: list | None, out: Tensor, transpose: bool = True, accumulate: bool = False):
+    "out_b (+)= x_b @ W_g(b)^T (or @ W_g(b)); x (B, L, ·) maybe strided, W (G, ·, ·) strided, out (B, L, ·)."
     Wt = W.transpose(1, 2) if transpose else W
     if rows is None:
-        if accumulate: out.baddbmm_(x, Wt); return
-        target = out if out.is_contiguous() else scratch if scratch is not None and scratch.shape == out.shape else None
-        if bias is None: res = torch.bmm(x, Wt, out=target) if target is not None else torch.bmm(x, Wt)
-        else:
-            b = bias[:, None, :].expand(*out.shape)
-            res = torch.baddbmm(b, x, Wt, out=target) if target is not None else torch.baddbmm(b, x, Wt)
-        if res is not out: out.copy_(res)
+        if accumulate: out.baddbmm_(x, Wt)
+        else: torch.bmm(x, Wt, out=out)
         return
     for g, r in enumerate(rows):
         xr = x[r]
@@ -127,12 +117,18 @@ def _apply(x: Tensor, W: Tensor, rows: list | None, out: Tensor, transpose: bool
         if isinstance(r, slice) and out.is_contiguous():        # contiguous examples: straight into the output
             o = out[r].view(-1, out.shape[-1])
             if accumulate: o.addmm_(x2, Wt[g])
-            elif bias is None: torch.mm(x2, Wt[g], out=o)
-            else: torch.addmm(bias[g], x2, Wt[g], out=o)
+            else: torch.mm(x2, Wt[g], out=o)
             continue
-        res = (x2 @ Wt[g] if bias is None else torch.addmm(bias[g], x2, Wt[g])).view(*xr.shape[:2], Wt.shape[-1])
+        res = (x2 @ Wt[g]).view(*xr.shape[:2], Wt.shape[-1])
         if accumulate: out[r] += res
         else: out[r] = res
+
+def _per_example(v: Tensor, rows: list | None, B: int) -> Tensor:
+    "v (G, ·), one row per gate row, as (B, ·), one row per example."
+    if rows is None: return v
+    out = v.new_empty(B, v.shape[1])
+    for g, r in enumerate(rows): out[r] = v[g]
+    return out
 
 def _outer(dy: Tensor, x: Tensor, rows: list | None, out: Tensor) -> Tensor:
     "out (G, O', I) <- sum over the examples b of group g and tokens t of dy_bt x_bt^T."
@@ -147,34 +143,44 @@ def _members(rows: list | None, G: int) -> list:
     return [slice(g, g + 1) for g in range(G)] if rows is None else rows
 
 # %% ../../nbs/02b_ops_cpu.ipynb #22b9c659
+def _forward_one(x: Tensor, weight: Tensor, b: Tensor | None, gw: Tensor, index: Tensor, rows: list | None) -> Tensor:
+    "k = 1, no merge: y_r = a x_r W_e^T + b_g, each gate row's expert scaled by its gate."
+    (G, _), (n, O, I) = index.shape, weight.shape
+    y = x.new_empty(*x.shape[:2], O)
+    for g, r in enumerate(_members(rows, G)):
+        xr, e, a = x[r], int(index[g, 0]), float(gw[g, 0])
+        x2 = xr.reshape(-1, I)
+        if isinstance(r, slice):                        # in one pass, into the output
+            y2 = y[r].view(-1, O)
+            if b is None: y2.addmm_(x2, weight[e].T, beta=0, alpha=a)
+            else: torch.addmm(b[g], x2, weight[e].T, alpha=a, out=y2)
+        else:
+            res = x2 @ weight[e].T * a
+            y[r] = (res if b is None else res + b[g]).view(*xr.shape[:2], O)
+    return y
+
 def _forward(x: Tensor, weight: Tensor, bias: Tensor | None, gate: Tensor, index: Tensor, rows: list | None,
-             mode: str, block: int | None) -> Tensor:
-    "y (B, L, O) = x @ W_hat[g]^T + b_hat[g], the merged weights built block by block in a buffer of the call."
+             mode: str, block: int | None, cols: int | None) -> Tensor:
+    "y (B, L, O) = x @ W_hat[g]^T + b_hat[g], the merged weights made tile by tile, each used while in cache."
     (G, k), (n, O, I) = index.shape, weight.shape
     gw = gate.to(weight.dtype)
+    if not (x.shape[0] * x.shape[1] and G): return x.new_zeros(*x.shape[:2], O)
+    if k == 1: return _forward_one(x, weight, None if bias is None else merge(bias, index, gw), gw, index, rows)
+    m, cols = tiling(G, O, I, x.element_size(), block, cols)
+    tiles = _Tiles(weight.contiguous(), index, gw, m, cols, mode)
+    b = None if bias is None else tiles.dense @ bias if mode == "gemm" else merge(bias, index, gw)   # (G, O)
+    bx = None if b is None else _per_example(b, rows, x.shape[0])[:, None, :]   # (B, 1, O)
     y = x.new_empty(*x.shape[:2], O)
-    dense = dense_gates(index, gw, n) if mode == "gemm" else None
-    b = None if bias is None else dense @ bias if mode == "gemm" else merge(bias, index, gw)   # (G, O): small
-    if not (x.shape[0] * x.shape[1] and G): return y.zero_()
-    if k == 1:                                           # no merge: each row's expert, scaled by its gate
-        for g, r in enumerate(_members(rows, G)):
-            xr, e, a = x[r], int(index[g, 0]), float(gw[g, 0])
-            x2 = xr.reshape(-1, I)
-            if isinstance(r, slice):                        # y_r = a x_r W_e^T + b_g, in one pass
-                y2 = y[r].view(-1, O)
-                if b is None: y2.addmm_(x2, weight[e].T, beta=0, alpha=a)
-                else: torch.addmm(b[g], x2, weight[e].T, alpha=a, out=y2)
-            else:
-                res = x2 @ weight[e].T * a
-                y[r] = (res if b is None else res + b[g]).view(*xr.shape[:2], O)
-        return y
-    blk = _auto_block(O, I, G, block, x.element_size())
-    scratch = x.new_empty(*x.shape[:2], blk) if rows is None and blk < O else None
-    buf = _tile(G, blk, I, x)
-    for o0, o1 in _blocks(O, blk):
-        W = _merge_rows(buf[:G * (o1 - o0) * I].view(G, (o1 - o0) * I), weight, o0, index, gw, dense, mode)
-        _apply(x, W.view(G, o1 - o0, I), rows, y[..., o0:o1], scratch=scratch, bias=None if b is None else b[:, o0:o1])
-    return y
+    acc = y if m == O else x.new_empty(*x.shape[:2], m)           # a tile's output, summed over its column blocks
+    for o0, o1 in _blocks(O, m):
+        out = acc if o1 - o0 == acc.shape[-1] else x.new_empty(*x.shape[:2], o1 - o0)
+        for c in range(I // cols):
+            W = tiles.tile(o0, o1, c).transpose(0, 1)                          # (G, rows, cols), strided
+            _apply(x[..., c * cols:(c + 1) * cols], W, rows, out, accumulate=c > 0)
+        if out is not y:
+            if bx is None: y[..., o0:o1] = out
+            else: torch.add(out, bx[..., o0:o1], out=y[..., o0:o1])
+    return y.add_(bx) if bx is not None and m == O else y
 
 # %% ../../nbs/02b_ops_cpu.ipynb #78ca052b
 def _backward_one(x, dy, weight, gw, index, rows, need, dx, dw, dgate, acc):
@@ -192,24 +198,27 @@ def _backward_one(x, dy, weight, gw, index, rows, need, dx, dw, dgate, acc):
                 else: dx[r] = (t * a).view(xr.shape)
         if need_w: dw[e].addmm_(d2.T, x2, alpha=a)
 
-def _backward_blocks(x, dy, weight, gw, index, rows, need, dx, dw, dgate, mode, block):
-    "k > 1: dx += dy W_hat block by block; D_g = dy_g^T x_g a few rows at a time, into dW and dgate."
+def _backward_blocks(x, dy, weight, gw, index, rows, need, dx, dw, dgate, mode, block, cols):
+    "k > 1: dx += dy W_hat tile by tile; D_g = dy_g^T x_g MERGE_ROWS rows at a time, into dW and dgate."
     (G, _), (n, O, I) = index.shape, weight.shape
     need_x, need_w, need_g = need
+    m, cols = tiling(G, O, I, x.element_size(), block, cols)
+    if need_x:
+        tiles = _Tiles(weight.contiguous(), index, gw, m, cols, mode)
+        for o0, o1 in _blocks(O, m):                                            # dx += dy W_hat
+            for c in range(I // cols):
+                W = tiles.tile(o0, o1, c).transpose(0, 1)                       # (G, rows, cols)
+                _apply(dy[..., o0:o1], W, rows, dx[..., c * cols:(c + 1) * cols], transpose=False, accumulate=True)
+    if not (need_w or need_g): return
     dense = dense_gates(index, gw, n) if mode == "gemm" else None
-    blk = _auto_block(O, I, G, block, x.element_size())
-    Dbuf = x.new_empty(G, min(blk, MERGE_ROWS) * I) if need_w or need_g else None
-    buf = _tile(G, blk, I, x) if need_x else None
-    for o0, o1 in _blocks(O, blk):
-        if need_x:                                                              # dx += dy W_hat
-            W = _merge_rows(buf[:G * (o1 - o0) * I].view(G, (o1 - o0) * I), weight, o0, index, gw, dense, mode)
-            _apply(dy[..., o0:o1], W.view(G, o1 - o0, I), rows, dx, transpose=False, accumulate=True)
-        for s0, s1 in (_blocks_in(o0, o1, MERGE_ROWS) if need_w or need_g else []):
-            m = s1 - s0                                                         # D = dy^T x, a block at a time
-            slab = weight[:, s0:s1].reshape(n, m * I)
-            D = _outer(dy[..., s0:s1], x, rows, Dbuf[:, :m * I].view(G, m, I)).view(G, m * I)
-            if need_g: dgate += _frobenius(slab, D, index, mode)
-            if need_w: _scatter_add_experts(dw[:, s0:s1].reshape(n, m * I), D, index, gw, dense, mode, assign=True)
+    step = min(m, MERGE_ROWS)                                                   # at most a tile's rows
+    Dbuf = x.new_empty(G, step * I)
+    for s0, s1 in _blocks(O, step):                                             # D = dy^T x, a block at a time
+        m = s1 - s0
+        slab = weight[:, s0:s1].reshape(n, m * I)
+        D = _outer(dy[..., s0:s1], x, rows, Dbuf[:, :m * I].view(G, m, I)).view(G, m * I)
+        if need_g: dgate += _frobenius(slab, D, index, mode)
+        if need_w: _scatter_add_experts(dw[:, s0:s1].reshape(n, m * I), D, index, gw, dense, mode, assign=True)
 
 def _backward_bias(dy, bias, gw, index, rows, need_b, dgate):
     "d = the sum of dy over each gate row's tokens (G, O): db_e += gate d, dgate += <b_e, d>."
@@ -226,12 +235,12 @@ def _backward_bias(dy, bias, gw, index, rows, need_b, dgate):
 class _MergedProduct(torch.autograd.Function):
     "y = merged(x), the merged weight rebuilt block by block in forward and again in backward, never saved."
     @staticmethod
-    def forward(ctx, x, weight, bias, gate, index, rows, mode, block):
+    def forward(ctx, x, weight, bias, gate, index, rows, mode, block, cols):
         (G, k), n = index.shape, weight.shape[0]
         mode = "gather" if k == 1 else merge_mode(mode, n, G, k)                  # k = 1: nothing to merge
         ctx.save_for_backward(x, weight, bias, gate, index)
-        ctx.rows, ctx.mode, ctx.block = rows, mode, block
-        return _forward(x, weight, bias, gate, index, rows, mode, block)
+        ctx.rows, ctx.mode, ctx.block, ctx.cols = rows, mode, block, cols
+        return _forward(x, weight, bias, gate, index, rows, mode, block, cols)
 
     @staticmethod
     def backward(ctx, dy):
@@ -246,32 +255,35 @@ class _MergedProduct(torch.autograd.Function):
         if x.shape[0] * x.shape[1] and G:
             if k == 1: _backward_one(x, dy, weight, gw, index, ctx.rows, (need_x, need_w, need_g), dx, dw, dgate, acc)
             else: _backward_blocks(x, dy, weight, gw, index, ctx.rows, (need_x, need_w, need_g), dx, dw, dgate,
-                                   ctx.mode, ctx.block)
+                                   ctx.mode, ctx.block, ctx.cols)
         db = _backward_bias(dy, bias, gw, index, ctx.rows, need_b,
                             dgate) if bias is not None and (need_b or need_g) else None
-        return dx, dw, db, (dgate.to(gate.dtype) if need_g else None), None, None, None, None
+        return dx, dw, db, (dgate.to(gate.dtype) if need_g else None), None, None, None, None, None
 
 def merged_product_torch(x: Tensor,              # (B, L, I)
                          weight: Tensor,         # (n, O, I)
                          bias: Tensor | None,    # (n, O)
                          routing: Routing,
                          merge: str = "auto",    # 'gemm', 'gather' or 'auto' (by shape)
-                         block: int | None = None) -> Tensor:   # output rows per block; None: as many as fit
-    "The merged product with the merged weights built block by block in a cache-sized buffer, rebuilt in backward."
+                         block: int | None = None,   # output rows per tile (None: by size, `tiling`)
+                         cols: int | None = None) -> Tensor:   # input columns per tile, a divisor of I
+    "The merged product with the merged weights made tile by tile in cache, made again in backward, never kept."
     if routing.grouping == "example":
-        return _MergedProduct.apply(x, weight, bias, routing.gate, routing.index, None, merge, block)
+        return _MergedProduct.apply(x, weight, bias, routing.gate, routing.index, None, merge, block, cols)
     index, gate, group = used_rows(routing)                             # only the rows that serve a token
     if routing.grouping == "runs":                                       # a block of tokens per gate row
         packed, slot = pack_runs(x, group, index.shape[0])
-        return _MergedProduct.apply(packed, weight, bias, gate, index, None, merge, block)[group, slot]
-    return _MergedProduct.apply(x, weight, bias, gate, index, _group_rows(group, index.shape[0]), merge, block)
+        return _MergedProduct.apply(packed, weight, bias, gate, index, None, merge, block, cols)[group, slot]
+    return _MergedProduct.apply(x, weight, bias, gate, index, _group_rows(group, index.shape[0]), merge, block,
+                                cols)
 
-def _check(merge: str = "auto", block: int | None = None):
+def _check(merge: str = "auto", block: int | None = None, cols: int | None = None):
     check_choice("merge", merge, MERGE_MODES)
     if block is not None: check_int("block", block, 1)
+    if cols is not None: check_int("cols", cols, 1)
 
-register_backend("torch", merged_product_torch, ("merge", "block"), check=_check,
-                 about="blocked merges in a cache-sized buffer, recomputed in backward (plain PyTorch, any device)")
+register_backend("torch", merged_product_torch, ("merge", "block", "cols"), check=_check,
+                 about="merges tile by tile in cache, made again in backward (plain PyTorch, any device)")
 
 def apply_rows(x: Tensor, W: Tensor, b: Tensor | None, rows: Tensor) -> Tensor:
     "y[i] = x[i] W[rows[i]]^T + b[rows[i]] for merged weights W (R, O, I) given, without a gathered copy per example."
