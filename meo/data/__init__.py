@@ -4,7 +4,8 @@
 
 # %% ../../nbs/11_data.ipynb #1c2d3e4f
 from __future__ import annotations
-import ast, hashlib, os, re, struct, zlib
+import ast, hashlib, os, re, struct, time, zlib
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -19,7 +20,7 @@ from .fetch import fetch as _fetch      # the name `meo.data.fetch` stays the mo
 __all__ = ['SPLITS', 'COLUMNS', 'RT_NEUTRAL', 'BBC_TOPICS', 'CLOZE_WORDS', 'GLUE_COLUMNS', 'TASKS', 'split_of', 'minilm_path',
            'gpt2_tokenizer_path', 'gpt2_tokenizer', 'TaskInfo', 'read_rt', 'rt_sst2', 'rt_stsb', 'read_bbc',
            'bbc_topic', 'bbc_xsum', 'bbc_lm', 'cloze_span', 'sentences', 'cloze_passage', 'bbc_cloze', 'read_sword',
-           'bible_para', 'brown_lm', 'task_info', 'load_task']
+           'bible_para', 'brown_lm', 'hub_unreachable', 'task_info', 'load_task']
 
 # %% ../../nbs/11_data.ipynb #a735fa58
 SPLITS = ("train", "validation", "test")
@@ -350,15 +351,44 @@ def _uniform(dsd: DatasetDict, kind: str, renames: dict) -> DatasetDict:
     if "validation_matched" in out and "validation" not in out: out["validation"] = out["validation_matched"]
     return DatasetDict(out)
 
+_REACHED: dict = {}                # endpoint -> (time.monotonic() of the request, why not or None)
+
+def hub_unreachable(timeout: float = 5.0) -> str | None:
+    "Why the Hugging Face hub can't be used from here, or None: one request, no retries, remembered for a minute."
+    import urllib.error, urllib.request, huggingface_hub.constants as C
+    if C.HF_HUB_OFFLINE: return "HF_HUB_OFFLINE is set here"
+    when, why = _REACHED.get(C.ENDPOINT, (-60.0, None))
+    if time.monotonic() - when < 60: return why
+    try: urllib.request.urlopen(urllib.request.Request(C.ENDPOINT, method="HEAD"), timeout=timeout); why = None
+    except urllib.error.HTTPError: why = None                                     # it answered
+    except Exception as e: why = f"{C.ENDPOINT} cannot be reached from here ({getattr(e, 'reason', e)})"
+    _REACHED[C.ENDPOINT] = (time.monotonic(), why)
+    return why
+
+@contextmanager
+def _cache_only():
+    "Inside the block `datasets` and `huggingface_hub` read their caches only: no request, no retries."
+    import huggingface_hub.constants as C, datasets.config as D
+    old = C.HF_HUB_OFFLINE, D.HF_HUB_OFFLINE
+    C.HF_HUB_OFFLINE = D.HF_HUB_OFFLINE = True
+    try: yield
+    finally: C.HF_HUB_OFFLINE, D.HF_HUB_OFFLINE = old
+
 def _hub(path: str, config: str | None, kind: str, renames: dict, stand_in: str):
+    name = repr(path) + (f" ({config})" if config else "")
     def load(cache=None, hf_cache_dir=None) -> DatasetDict:
-        try: dsd = datasets.load_dataset(path, config, cache_dir=hf_cache_dir)
+        why = "HF_HUB_OFFLINE or HF_DATASETS_OFFLINE is set here" if datasets.config.HF_HUB_OFFLINE else \
+              hub_unreachable()
+        try:
+            with _cache_only() if why else nullcontext():
+                dsd = datasets.load_dataset(path, config, cache_dir=hf_cache_dir)
         except Exception as e:
+            reason = f"it is not in the datasets cache and {why}" if why else \
+                     f"{type(e).__name__}: {' '.join(str(e).split())}"
             raise RuntimeError(
-                f"could not load {path!r}{f' ({config})' if config else ''} from the Hugging Face hub: "
-                f"{type(e).__name__}: {e}. The paper configuration needs access to the hub (and HF_HUB_OFFLINE / "
-                f"HF_DATASETS_OFFLINE unset) or a datasets cache that already holds it. Without it, use the offline "
-                f"stand-in: load_task({stand_in!r}).") from e
+                f"could not load {name} from the Hugging Face hub: {reason}. The paper configuration "
+                f"needs access to the hub (HF_HUB_OFFLINE and HF_DATASETS_OFFLINE unset) or a datasets cache that "
+                f"already holds it; without them, use the offline stand-in: load_task({stand_in!r}).") from e
         return _uniform(dsd, kind, renames)
     load.__doc__ = f"`datasets.load_dataset({path!r}, {config!r})` in the `{kind}` schema (needs internet)."
     load.hub, load.renames = (path, config), renames

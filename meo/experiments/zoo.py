@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Callable
 import numpy as np
 import torch
-from ..data import load_task, minilm_path, gpt2_tokenizer, gpt2_tokenizer_path
+from ..data import load_task, minilm_path, gpt2_tokenizer, gpt2_tokenizer_path, hub_unreachable
 from ..data.fetch import cache_dir
 from ..testing import MINILM_VOCAB, tiny_config, tiny_bert2bert
 
@@ -71,15 +71,6 @@ def quiet_transformers():
         hf_logging.set_verbosity(level)
         if bars: hf_logging.enable_progress_bar()
 
-def _hub_unreachable(timeout: float = 5.0) -> str | None:
-    "Why the Hugging Face hub can't be used from here, or None: one request, no retries (transformers': ~50 s)."
-    import urllib.error, urllib.request, huggingface_hub.constants as C
-    if C.HF_HUB_OFFLINE: return "HF_HUB_OFFLINE is set here"
-    try: urllib.request.urlopen(urllib.request.Request(C.ENDPOINT, method="HEAD"), timeout=timeout)
-    except urllib.error.HTTPError: return None                                     # it answered
-    except Exception as e: return f"{C.ENDPOINT} cannot be reached from here ({getattr(e, 'reason', e)})"
-    return None
-
 def _load_error(name: str, what: str, why: str) -> RuntimeError:
     return RuntimeError(
         f"could not load the {what} of model {name!r}: {why}. A hub id such as 'bert-base-uncased' (the paper "
@@ -91,7 +82,7 @@ def check_hub(name: str, what: str = "weights"):
     import huggingface_hub
     if name in MODELS or Path(name).expanduser().is_dir(): return
     if isinstance(huggingface_hub.try_to_load_from_cache(name, "config.json"), str): return
-    if (why := _hub_unreachable()) is not None:
+    if (why := hub_unreachable()) is not None:
         raise _load_error(name, what, f"it is not in the Hugging Face cache and {why}")
 
 def load_pretrained(fn: Callable, name: str, what: str):
