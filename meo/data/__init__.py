@@ -333,24 +333,7 @@ def brown_lm(cache: str | os.PathLike | None = None) -> DatasetDict:
     rows = list(_read_brown(str(_fetch("brown", cache))))
     return _make_splits(rows, "brown", lambda r: r["id"], _features("lm"))
 
-# %% ../../nbs/11_data.ipynb #6e8d9637
-GLUE_COLUMNS = {"cola": ("sentence", None), "sst2": ("sentence", None), "mrpc": ("sentence1", "sentence2"),
-                "qqp": ("question1", "question2"), "stsb": ("sentence1", "sentence2"),
-                "mnli": ("premise", "hypothesis"), "qnli": ("question", "sentence"), "rte": ("sentence1", "sentence2")}
-
-def _uniform(dsd: DatasetDict, kind: str, renames: dict) -> DatasetDict:
-    "Rename a hub data set's columns to the schema of `kind`, add string ids where missing, drop the rest."
-    out = {}
-    for split, ds in dsd.items():
-        ds = ds.rename_columns({a: b for a, b in renames.items() if a in ds.column_names})
-        if "id" not in ds.column_names: ds = ds.add_column("id", [f"{split}-{i}" for i in range(len(ds))])
-        elif ds.features["id"] != _S: ds = ds.cast_column("id", _S)
-        missing = [c for c in COLUMNS[kind] if c not in ds.column_names]
-        if missing: raise RuntimeError(f"hub data set split {split!r} lacks columns {missing}: has {ds.column_names}")
-        out[split] = ds.select_columns(list(COLUMNS[kind]))
-    if "validation_matched" in out and "validation" not in out: out["validation"] = out["validation_matched"]
-    return DatasetDict(out)
-
+# %% ../../nbs/11_data.ipynb #050fc761
 _REACHED: dict = {}                # endpoint -> (time.monotonic() of the request, why not or None)
 
 def hub_unreachable(timeout: float = 5.0) -> str | None:
@@ -373,6 +356,24 @@ def _cache_only():
     C.HF_HUB_OFFLINE = D.HF_HUB_OFFLINE = True
     try: yield
     finally: C.HF_HUB_OFFLINE, D.HF_HUB_OFFLINE = old
+
+# %% ../../nbs/11_data.ipynb #6e8d9637
+GLUE_COLUMNS = {"cola": ("sentence", None), "sst2": ("sentence", None), "mrpc": ("sentence1", "sentence2"),
+                "qqp": ("question1", "question2"), "stsb": ("sentence1", "sentence2"),
+                "mnli": ("premise", "hypothesis"), "qnli": ("question", "sentence"), "rte": ("sentence1", "sentence2")}
+
+def _uniform(dsd: DatasetDict, kind: str, renames: dict) -> DatasetDict:
+    "Rename a hub data set's columns to the schema of `kind`, add string ids where missing, drop the rest."
+    out = {}
+    for split, ds in dsd.items():
+        ds = ds.rename_columns({a: b for a, b in renames.items() if a in ds.column_names})
+        if "id" not in ds.column_names: ds = ds.add_column("id", [f"{split}-{i}" for i in range(len(ds))])
+        elif ds.features["id"] != _S: ds = ds.cast_column("id", _S)
+        missing = [c for c in COLUMNS[kind] if c not in ds.column_names]
+        if missing: raise RuntimeError(f"hub data set split {split!r} lacks columns {missing}: has {ds.column_names}")
+        out[split] = ds.select_columns(list(COLUMNS[kind]))
+    if "validation_matched" in out and "validation" not in out: out["validation"] = out["validation_matched"]
+    return DatasetDict(out)
 
 def _hub(path: str, config: str | None, kind: str, renames: dict, stand_in: str):
     name = repr(path) + (f" ({config})" if config else "")

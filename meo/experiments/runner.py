@@ -4,11 +4,15 @@
 
 # %% ../../nbs/15_runner.ipynb #1740be8b
 from __future__ import annotations
-import copy, hashlib, json, math, os, sys, tempfile, time, warnings
-from dataclasses import dataclass, field, fields
+import collections, contextlib, copy, fnmatch, hashlib, json, math, os, shutil, signal, sys, tempfile
+import threading, time, traceback, warnings
+from contextlib import contextmanager
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
+from types import SimpleNamespace
 import numpy as np
 import torch
+from torch import nn
 from ..core import METHODS, MEOConfig, check_choice, check_int
 from ..data import task_info, load_task
 from .zoo import model_spec, check_hub
@@ -16,9 +20,11 @@ from .metrics import task_score
 from .tasks import task_type
 
 # %% auto #0
-__all__ = ['PROTOCOL', 'RUN_METHODS', 'CONFIGS', 'WINDOW_FIELDS', 'EXPERT_FIELDS', 'SETTINGS', 'RunConfig', 'meo_config',
-           'make_config', 'layer_settings', 'config_dict', 'config_hash', 'run_path', 'training_arguments', 'Prepared',
-           'prepare_data', 'build_model', 'train', 'record', 'read_run', 'summary', 'run', 'default_jobs', 'run_grid']
+__all__ = ['PROTOCOL', 'RUN_METHODS', 'CONFIGS', 'WINDOW_FIELDS', 'EXPERT_FIELDS', 'SETTINGS', 'WORKER_BASE', 'MEMORY_MARGIN',
+           'RunConfig', 'meo_config', 'make_config', 'layer_settings', 'config_dict', 'config_hash', 'run_path',
+           'training_arguments', 'Prepared', 'prepare_data', 'build_model', 'train', 'record', 'read_run', 'summary',
+           'run', 'default_jobs', 'check_sources', 'estimate_memory', 'available_memory', 'plan_workers', 'Stopped',
+           'stop_on_signals', 'RunError', 'death_cause', 'WorkerDied', 'run_grid']
 
 # %% ../../nbs/15_runner.ipynb #22380efb
 PROTOCOL = 1
@@ -270,15 +276,29 @@ def record(cfg: RunConfig, data: Prepared, trainer, trained: dict | None, metric
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "wall_s": wall_s,
     }
 
+def _memory_peak(pid="self") -> int | None:
+    "The peak resident memory (bytes) of a process since it started or since `_reset_peak` (Linux; else None)."
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            return next((int(l.split()[1]) * 1024 for l in f if l.startswith("VmHWM:")), None)
+    except (OSError, ValueError): return None
+
+def _reset_peak():
+    try:
+        with open("/proc/self/clear_refs", "w") as f: f.write("5")      # VmHWM := the current size (Linux >= 4.0)
+    except OSError: pass
+
 def _train_and_evaluate(cfg: RunConfig, progress: bool = True) -> dict:
-    "Prepare the data, build the model, train, evaluate, record."
+    "Prepare the data, build the model, train, evaluate, record (with the process's peak memory meanwhile, on Linux)."
     t0 = time.perf_counter()
+    _reset_peak()
     data = prepare_data(cfg)
     model = build_model(cfg, data)
     with tempfile.TemporaryDirectory(prefix="meo-run-") as tmp:
         trainer, trained = train(cfg, model, data, tmp, progress)
         metrics, ev = data.tt.evaluate(trainer, data.evald, data.info, cfg)
-    return record(cfg, data, trainer, trained, metrics, ev, time.perf_counter() - t0)
+    res = record(cfg, data, trainer, trained, metrics, ev, time.perf_counter() - t0)
+    return {**res, "peak_memory_bytes": _memory_peak()}
 
 # %% ../../nbs/15_runner.ipynb #93f48551
 def read_run(path, cfg: RunConfig | None = None) -> dict | None:
@@ -330,7 +350,7 @@ def run(task: str, config: str = "offline", out_dir="results/runs", progress: bo
     if verbose: print(summary(res), flush=True)
     return res
 
-# %% ../../nbs/15_runner.ipynb #68e292d8
+# %% ../../nbs/15_runner.ipynb #97eee0bc
 def _relative_cost(kw: dict) -> float:
     "A rough relative cost of a run, to start the longest first and to estimate the time left."
     cost = {"dense": 1.0, "moe": 1.0 + 0.6 * (kw.get("k") or 1), "meo": 2.0}[kw.get("method", "meo")]
@@ -340,39 +360,340 @@ def _init_worker(threads: int):
     os.environ["OMP_NUM_THREADS"] = str(threads)
     torch.set_num_threads(threads)
 
-def _run_quiet(kw: dict) -> dict:
-    return run(**kw, progress=False, verbose=False)
-
 def default_jobs() -> int:
     "Worker processes for a grid: the available cores, at most 8."
     try: cores = len(os.sched_getaffinity(0))
     except AttributeError: cores = os.cpu_count() or 1
     return max(1, min(cores, 8))
 
-def _finished(grid: list[dict], todo: list[int], jobs: int, threads: int | None, progress: bool):
-    "(index, result, None) or (index, None, error) for each run of `todo` as it finishes, here or in `jobs` workers."
-    if jobs == 1:
-        if threads: _init_worker(threads)
-        for i in todo:
-            try: res = run(**grid[i], progress=progress, verbose=False)
-            except Exception as e: yield i, None, e
-            else: yield i, res, None
-        return
-    import multiprocessing as mp
-    from concurrent.futures import ProcessPoolExecutor, as_completed
-    import meo.experiments.runner as R                                   # workers import the functions by name
-    with ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn"), initializer=R._init_worker,
-                             initargs=(threads,)) as pool:
-        futures = {pool.submit(R._run_quiet, grid[i]): i for i in todo}
-        for fut in as_completed(futures):
-            try: res = fut.result()
-            except Exception as e: yield futures[fut], None, e
-            else: yield futures[fut], res, None
+# %% ../../nbs/15_runner.ipynb #7e342a15
+_DENSE: dict = {}        # (model, task) -> the task's model on the meta device: its shapes, no memory
 
-# %% ../../nbs/15_runner.ipynb #c53dc5eb
+def _dense_meta(model: str, task: str):
+    "The (unconverted) model of `task` on the meta device, loaded once per model and task."
+    if (model, task) not in _DENSE:
+        info = task_info(task)
+        _DENSE[model, task] = task_type(info.kind).load_model(model_spec(model), info, model).to("meta")
+    return _DENSE[model, task]
+
+def _one_line(e: BaseException) -> str: return " ".join(str(e).split())
+
+def check_sources(configs: list[RunConfig]):
+    "Reach every model and data set of `configs` once, before any run; raise at once, in one line, if one can't be."
+    try:
+        for model in dict.fromkeys(c.model for c in configs): check_hub(model)
+        for task in dict.fromkeys(c.task for c in configs): load_task(task, max_examples=1)
+        for model, task in dict.fromkeys((c.model, c.task) for c in configs): _dense_meta(model, task)
+    except (RuntimeError, OSError) as e: raise RuntimeError(_one_line(e)) from e
+
+# %% ../../nbs/15_runner.ipynb #7895b709
+WORKER_BASE = 600 * 2**20    # bytes of a process with torch, transformers and the Trainer loaded (537 MiB measured)
+MEMORY_MARGIN = 1.15         # the allocator, transient copies, MEO's merged weights (measured peaks: 6-20 % below)
+
+def _meta_model(cfg: RunConfig):
+    "The run's model, converted unless dense, on the meta device."
+    from meo.convert import moefy
+    model = copy.deepcopy(_dense_meta(cfg.model, cfg.task))
+    if cfg.meo is not None: moefy(model, copy.deepcopy(cfg.meo))
+    return model
+
+def _linear_widths(model) -> int:
+    "Σ of (inputs + outputs) of the model's linear maps, k times for an MoE layer (each token goes through k experts)."
+    from transformers.pytorch_utils import Conv1D
+    from meo.layers import ExpertLinear, MoELinear
+    total = 0
+    for m in model.modules():
+        if isinstance(m, ExpertLinear): total += (m.in_features + m.out_features) * (m.k if isinstance(m, MoELinear)
+                                                                                      else 1)
+        elif isinstance(m, nn.Linear): total += m.in_features + m.out_features
+        elif isinstance(m, Conv1D): total += sum(m.weight.shape)
+    return total
+
+def estimate_memory(cfg: RunConfig) -> dict:
+    "The estimated peak memory of run `cfg` in its own process (bytes, 'total') and its parts."
+    model = _meta_model(cfg)
+    params = sum(p.numel() for p in model.parameters())
+    training = (cfg.steps if cfg.steps is not None else cfg.epochs) > 0
+    on_gpu = torch.cuda.is_available()
+    state = params * (16 if training and not on_gpu else 4)
+    tokens = (cfg.batch if training else cfg.eval_batch) * (cfg.max_length + (cfg.max_target_length or 0))
+    acts = 0 if on_gpu else 4 * tokens * _linear_widths(model)
+    return dict(total=int(MEMORY_MARGIN * (WORKER_BASE + state + acts)), parameters=params, state=state,
+                activations=acts, base=WORKER_BASE)
+
+# %% ../../nbs/15_runner.ipynb #e9c6c299
+_CGROUP = [("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current", "/sys/fs/cgroup/memory.stat",
+            "inactive_file"),                                                                  # cgroup v2
+           ("/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory/memory.usage_in_bytes",
+            "/sys/fs/cgroup/memory/memory.stat", "total_inactive_file")]                         # cgroup v1
+
+def available_memory() -> tuple[int, str]:
+    "(bytes that new processes can use now, where that comes from): MemAvailable, or a cgroup limit's room if less."
+    try:
+        with open("/proc/meminfo") as f: info = {k: v for k, _, v in (line.partition(":") for line in f)}
+        free, source = int(info["MemAvailable"].split()[0]) * 1024, "MemAvailable"
+    except (OSError, KeyError, ValueError):
+        import psutil
+        free, source = psutil.virtual_memory().available, "psutil"
+    for limit, usage, stat, key in _CGROUP:
+        try:
+            lim = Path(limit).read_text().strip()
+            if lim == "max" or int(lim) >= 2**60: continue                                     # no limit
+            cache = [int(l.split()[1]) for l in Path(stat).read_text().splitlines() if l.split()[0] == key]
+            room = int(lim) - int(Path(usage).read_text()) + sum(cache)                     # page cache can go
+        except (OSError, ValueError, IndexError): continue
+        if room < free: free, source = room, f"the cgroup limit of {limit}"
+    return max(free, 0), source
+
+def _gb(n: float) -> str: return f"{n / 2**30:.1f} GB"
+
+def plan_workers(configs: list[RunConfig], jobs: int | None = None, threads: int | None = None,
+                 memory: int | None = None) -> tuple[int, int | None, str]:
+    "(workers, threads each, the words that say why) for the runs `configs`: by cores, runs and memory."
+    need = {config_hash(replace(c, seed=0)): c for c in configs}                 # the seed changes no size
+    need = [(estimate_memory(c), c) for c in need.values()]
+    m, big = max(need, key=lambda x: x[0]["total"])
+    free, source = (memory, "given") if memory is not None else available_memory()
+    if m["total"] > free:
+        raise RuntimeError(
+            f"the run {big.task} | {big.label} | seed {big.seed} needs about {_gb(m['total'])} of memory (estimated: "
+            f"{m['parameters'] / 1e6:.1f} M parameters, {_gb(m['state'])} with their gradients and AdamW state, "
+            f"{_gb(m['activations'])} of activations, {_gb(m['base'])} for the process), more than the {_gb(free)} "
+            f"available ({source}): lower batch or max_length, use fewer experts or convert fewer layers, free "
+            f"memory, or give memory= (meo-run --memory) if the estimate is too cautious")
+    fit, cores = free // m["total"], default_jobs()
+    n = max(1, min(jobs or cores, len(configs), fit))
+    threads = threads or (max(1, cores // n) if n > 1 or jobs != 1 else None)
+    why = (f"{cores} cores; {_gb(free)} of memory ({source}) holds {fit} run{'s' * (fit > 1)} of up to "
+           f"{_gb(m['total'])} at once" + (f"; {jobs} jobs asked" if jobs and jobs > n else ""))
+    where = "in this process" if jobs == 1 else f"in {n} worker process{'es' * (n > 1)} of {threads} thread(s)"
+    return n, threads, f"{where} ({why})"
+
+# %% ../../nbs/15_runner.ipynb #53c389f8
+class Stopped(KeyboardInterrupt):
+    "A grid stopped by a signal (SIGTERM or SIGHUP to it, or SIGTERM to one of its workers); `signum` says which."
+    def __init__(self, signum: int):
+        self.signum = signum
+        super().__init__(f"stopped by {signal.Signals(signum).name}")
+
+_STOP = tuple(getattr(signal, s) for s in ("SIGTERM", "SIGHUP") if hasattr(signal, s))
+
+def _set_handlers(signals, handler) -> dict:
+    "Install `handler` for `signals` (main thread only; one that is ignored stays so); returns the old ones."
+    if threading.current_thread() is not threading.main_thread(): return {}
+    old = {s: signal.getsignal(s) for s in signals}
+    for s, h in old.items():
+        if h is not signal.SIG_IGN: signal.signal(s, handler)
+    return old
+
+def _restore(old: dict):
+    for s, h in old.items(): signal.signal(s, signal.SIG_DFL if h is None else h)
+
+@contextmanager
+def stop_on_signals():
+    "Inside the block SIGTERM and SIGHUP raise `Stopped`, so that clean-up code runs (`finally`, `with`)."
+    def stop(signum, frame): raise Stopped(signum)
+    old = _set_handlers(_STOP, stop)
+    try: yield
+    finally: _restore(old)
+
+@contextmanager
+def _signals_deferred(raise_after: bool = True):
+    "SIGINT, SIGTERM and SIGHUP inside the block are noted, not acted on; the first is raised after it if asked."
+    got = []
+    old = _set_handlers((signal.SIGINT,) + _STOP, lambda signum, frame: got.append(signum))
+    try: yield
+    finally:
+        _restore(old)
+        if got and raise_after: raise KeyboardInterrupt() if got[0] == signal.SIGINT else Stopped(got[0])
+
+# %% ../../nbs/15_runner.ipynb #8b6acfee
+class RunError(RuntimeError):
+    "The exception of a run in a worker process, as text ('ValueError: ...'; any exception crosses), its traceback."
+    def __init__(self, text: str, trace: str = ""):
+        super().__init__(text)
+        self.trace = trace
+    def __reduce__(self): return RunError, (str(self), self.trace)
+
+_TEST_KILL = "MEO_RUNNER_TEST_KILL"   # tests only: a worker given a run whose file name matches it kills itself
+
+def _exit_on_signal(signum, frame): raise SystemExit(128 + signum)
+
+def _leave(tmp: str, code: int):
+    "End this worker now: its temporary folder removed, and the table's too if it was the last one in it."
+    shutil.rmtree(tmp, ignore_errors=True)
+    with contextlib.suppress(OSError): os.rmdir(os.path.dirname(tmp))
+    sys.stdout.flush(); sys.stderr.flush()
+    os._exit(code)                                        # not the interpreter's slow tear-down (~1.5 s)
+
+def _die_with_parent(parent: int, tmp: str):
+    "End this process when `parent` ends: SIGTERM from the kernel at once (Linux), and for sure 10 s later anywhere."
+    linux = sys.platform.startswith("linux")
+    if linux:
+        import ctypes
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)               # PR_SET_PDEATHSIG
+    if os.getppid() != parent: _leave(tmp, 1)                                  # it ended before prctl
+    def watch():
+        while os.getppid() == parent: time.sleep(0.5)
+        if not linux: os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(10)                                                          # the run's own clean-up first
+        _leave(tmp, 1)
+    threading.Thread(target=watch, daemon=True, name="meo-watch-parent").start()
+
+def _worker(conn, parent: int, threads: int | None, tmp: str):
+    "A worker process: the runs `conn` hands it, one at a time, until it gets None or its parent ends."
+    _die_with_parent(parent, tmp)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)           # Ctrl-C reaches the process group: the parent decides
+    for s in _STOP: signal.signal(s, _exit_on_signal)     # SystemExit: the run's temporary files are removed
+    tempfile.tempdir = os.environ["TMPDIR"] = tmp         # and any other goes with its own temporary folder
+    import tqdm                                           # its default lock is a multiprocessing semaphore, which a
+    tqdm.tqdm.set_lock(threading.RLock())                 # killed process leaks: a thread lock does here
+    if threads: _init_worker(threads)
+    code = 1
+    try:
+        while (job := conn.recv()) is not None:
+            i, kw, name = job
+            if (pattern := os.environ.get(_TEST_KILL)) and fnmatch.fnmatch(name, pattern):
+                os.kill(os.getpid(), signal.SIGKILL)
+            try: res, err = run(**kw, progress=False, verbose=False), None
+            except Exception as e: res, err = None, RunError(f"{type(e).__name__}: {e}", traceback.format_exc())
+            conn.send((i, res, err))
+        code = 0
+    except SystemExit as e: code = e.code if isinstance(e.code, int) else 1     # SIGTERM: the run's clean-up done
+    except (EOFError, BrokenPipeError): code = 0          # the parent closed the pipe, or is gone
+    except BaseException: traceback.print_exc()
+    finally:                                              # whatever ended it, it ends here
+        for s in _STOP: signal.signal(s, signal.SIG_IGN)
+        _leave(tmp, code)
+
+# %% ../../nbs/15_runner.ipynb #bc93fab2
+_GRACE = 5.0          # seconds a worker has to end after SIGTERM, before SIGKILL
+
+def _end(w, timeout: float):
+    "Wait up to `timeout` s for worker `w` to end, else SIGKILL it; close its pipe."
+    w.proc.join(max(0.0, timeout))
+    if w.proc.exitcode is None: w.proc.kill(); w.proc.join()
+    w.conn.close()
+
+def death_cause(exitcode: int, peak: int | None = None) -> str:
+    "Why a worker process ended, in words, from its exit code (negative: the signal that ended it); its peak memory."
+    mem = f" (its memory had reached {_gb(peak)})" if peak else ""
+    if exitcode == -signal.SIGKILL: return f"killed by signal 9 (SIGKILL), most likely out of memory{mem}"
+    if exitcode == -signal.SIGSEGV: return f"ended by signal 11 (SIGSEGV: a crash in native code){mem}"
+    if exitcode < 0:
+        try: name = signal.Signals(-exitcode).name
+        except ValueError: name = "?"
+        return f"ended by signal {-exitcode} ({name}){mem}"
+    return f"ended with exit status {exitcode}{mem}"
+
+_STOPPED_BY = {-s: s for s in _STOP} | {128 + s: s for s in _STOP}     # exit codes of a worker stopped from outside
+
+def _in_workers(grid: list[dict], names: list[str], todo: list[int], jobs: int, threads: int | None):
+    "(index, result, error) of each run of `todo` as it ends in `jobs` workers; a run whose worker dies goes back once."
+    queue, deaths = collections.deque(todo), collections.Counter()
+    with _Workers(jobs, threads) as pool:
+        def fill():                                       # a worker for every run that can start, and its run
+            while len(pool.all) < min(jobs, len(queue) + len(pool.busy())): pool.start()
+            for w in pool.idle():
+                if queue: i = queue.popleft(); pool.give(w, i, grid[i], names[i])
+        fill()
+        while pool.busy():
+            out = []
+            for w, msg in pool.events():
+                if msg is not None: w.run = None; out.append(msg); continue
+                if w.proc.exitcode in _STOPPED_BY: raise Stopped(_STOPPED_BY[w.proc.exitcode])
+                if w.run is None: continue                # idle: nothing lost
+                deaths[w.run] += 1
+                cause = f"its worker process (pid {w.proc.pid}) was {death_cause(w.proc.exitcode, w.peak)}"
+                if deaths[w.run] < 2: queue.append(w.run)
+                out.append((w.run, None, WorkerDied(cause + ("; it goes back into the queue, to be tried once more"
+                            if deaths[w.run] < 2 else ", for the second time: not tried again"), deaths[w.run] < 2)))
+            fill()
+            yield from out
+
+class WorkerDied(RuntimeError):
+    "The worker process of a run died (killed, crashed); `retry`: the run is tried once more."
+    def __init__(self, text: str, retry: bool):
+        super().__init__(text)
+        self.retry = retry
+
+# %% ../../nbs/15_runner.ipynb #8c885f1b
+class _Workers:
+    "`n` spawned worker processes, one run at a time each: hand out runs, collect results and deaths, stop them all."
+    def __init__(self, n: int, threads: int | None):
+        import multiprocessing as mp
+        self.ctx, self.n, self.threads, self.all, self.started = mp.get_context("spawn"), n, threads, [], 0
+
+    def __enter__(self):
+        self.tmp = tempfile.mkdtemp(prefix="meo-grid-")
+        try:
+            for _ in range(self.n): self.start()
+        except BaseException: self.stop(now=True); raise
+        return self
+
+    def __exit__(self, kind, value, tb): self.stop(now=kind is not None)
+
+    def start(self):
+        import meo.experiments.runner as R                # by name: also when the grid runs from this notebook
+        here, there = self.ctx.Pipe()
+        tmp = tempfile.mkdtemp(prefix=f"w{self.started}-", dir=self.tmp)     # its own, in the table's
+        p = self.ctx.Process(target=R._worker, args=(there, os.getpid(), self.threads, tmp), daemon=True,
+                             name=f"meo-worker-{self.started}")
+        p.start(); there.close(); self.started += 1
+        self.all.append(SimpleNamespace(proc=p, conn=here, run=None, peak=None))
+
+    def give(self, w, i: int, kw: dict, name: str): w.conn.send((i, kw, name)); w.run, w.peak = i, None
+    def idle(self) -> list: return [w for w in self.all if w.run is None]
+    def busy(self) -> list: return [w for w in self.all if w.run is not None]
+
+    def events(self, timeout: float = 1.0) -> list:
+        "[(worker, message)] of the workers that sent a result within `timeout` s, or (message None) that died."
+        from multiprocessing.connection import wait
+        wait([w.conn for w in self.all] + [w.proc.sentinel for w in self.all], timeout)
+        out = []
+        for w in list(self.all):
+            if w.run is not None: w.peak = max(w.peak or 0, _memory_peak(w.proc.pid) or 0) or None
+            try: msg, gone = (w.conn.recv() if w.conn.poll() else None), False
+            except Exception: msg, gone = None, True           # closed or cut short: it is ending
+            if msg is not None: out.append((w, msg))
+            elif gone or w.proc.exitcode is not None:
+                _end(w, _GRACE); self.all.remove(w); out.append((w, None))
+        return out
+
+    def stop(self, now: bool):
+        "End every worker: told to after a finished grid; else SIGTERM, then SIGKILL after `_GRACE` s. Then `tmp`."
+        with _signals_deferred(raise_after=not now):
+            for w in self.all:
+                try: w.proc.terminate() if now else w.conn.send(None)
+                except (OSError, ValueError): w.proc.terminate()
+            deadline = time.monotonic() + (_GRACE if now else 60)
+            for w in self.all: _end(w, deadline - time.monotonic()); w.proc.close()
+            self.all.clear()
+            shutil.rmtree(self.tmp, ignore_errors=True)
+
+# %% ../../nbs/15_runner.ipynb #6c84c33b
+def _in_this_process(grid: list[dict], todo: list[int], threads: int | None, progress: bool):
+    if threads: _init_worker(threads)
+    for i in todo:
+        try: res = run(**grid[i], progress=progress, verbose=False)
+        except Exception as e: yield i, None, e
+        else: yield i, res, None
+
+def _why(e: BaseException) -> str:
+    return str(e) if isinstance(e, (RunError, WorkerDied)) else f"{type(e).__name__}: {e}"
+
+def _stopped(e: BaseException, configs: list, out_dir, minutes: float) -> str:
+    "What a grid that stopped early says: why, how many of its runs are stored (on disk, now), how to continue."
+    why = str(e) if isinstance(e, Stopped) else "interrupted" if isinstance(e, KeyboardInterrupt) else \
+          f"stopped by an error ({_why(e)})"
+    stored = sum(run_path(c, out_dir).is_file() for c in configs)
+    return (f"meo.experiments.runner: {why} after {minutes:.1f} min: {stored} of {len(configs)} runs are stored in "
+            f"{out_dir}; run the same command (or call) again to continue: stored runs are read back, not run again")
+
+# %% ../../nbs/15_runner.ipynb #0fe2a093
 def run_grid(grid: list[dict], jobs: int | None = None, threads: int | None = None, out_dir="results/runs",
-             progress: bool = True) -> list[dict]:
-    "Run (or read back) every configuration of `grid`; `jobs` worker processes; results in grid order."
+             progress: bool = True, memory: int | None = None) -> list[dict]:
+    "Run (or read back) every configuration of `grid` in `jobs` workers (1: here), sized by cores and `memory`."
     configs = [make_config(**kw) for kw in grid]                          # every setting checked before any run
     grid = [{**kw, "out_dir": str(out_dir)} for kw in grid]
     results = [None] * len(grid)
@@ -380,27 +701,34 @@ def run_grid(grid: list[dict], jobs: int | None = None, threads: int | None = No
         res = read_run(run_path(cfg, out_dir), cfg)
         if res is not None: results[i] = {**res, "stored": True, "path": str(run_path(cfg, out_dir))}
     todo = sorted((i for i, r in enumerate(results) if r is None), key=lambda i: -_relative_cost(grid[i]))
-    jobs = min(jobs or default_jobs(), max(1, len(todo)))
-    parallel = jobs > 1
-    if parallel: threads = threads or max(1, default_jobs() // jobs)
-    print(f"meo.experiments.runner: {len(grid)} runs, {len(grid) - len(todo)} stored, {len(todo)} to run" + (
-          (f" in {jobs} worker processes of {threads} thread(s)" if parallel else " in this process") if todo else ""),
-          flush=True)
-    total = sum(_relative_cost(grid[i]) for i in todo)
-    done, errors, t0 = 0.0, [], time.perf_counter()
-    for i, res, err in _finished(grid, todo, jobs, threads, progress):
-        done += _relative_cost(grid[i])
-        if err is None: results[i] = res
-        else: errors.append((i, err))
-        n = sum(r is not None for r in results) + len(errors)
-        left = (time.perf_counter() - t0) * (total - done) / done if done else float("nan")
-        line = summary(res) if err is None else \
-               f"FAILED {configs[i].task} | {configs[i].label} | seed {configs[i].seed}: {type(err).__name__}: {err}"
-        print(f"[{n}/{len(grid)} | {(time.perf_counter() - t0) / 60:.1f} min, ~{left / 60:.0f} min left] {line}",
-              flush=True)
+    head = f"meo.experiments.runner: {len(grid)} runs, {len(grid) - len(todo)} stored, {len(todo)} to run"
+    if not todo: print(head, flush=True); return results
+    check_sources([configs[i] for i in todo])
+    n, threads, where = plan_workers([configs[i] for i in todo], jobs, threads, memory)
+    print(f"{head} {where}", flush=True)
+    names = [run_path(c).name for c in configs]
+    total, done, errors, t0 = sum(_relative_cost(grid[i]) for i in todo), 0.0, [], time.perf_counter()
+    runs = _in_this_process(grid, todo, threads, progress) if jobs == 1 else _in_workers(grid, names, todo, n, threads)
+    try:
+        with stop_on_signals(), contextlib.closing(runs):
+            for i, res, err in runs:
+                c, retry = configs[i], isinstance(err, WorkerDied) and err.retry
+                if not retry: done += _relative_cost(grid[i])
+                if err is None: results[i] = res
+                elif not retry: errors.append((i, err))
+                k = sum(r is not None for r in results) + len(errors)
+                left = (time.perf_counter() - t0) * (total - done) / done if done else float("nan")
+                line = summary(res) if err is None else f"FAILED {c.task} | {c.label} | seed {c.seed}: {_why(err)}"
+                print(f"[{k}/{len(grid)} | {(time.perf_counter() - t0) / 60:.1f} min, ~{left / 60:.0f} min left] "
+                      f"{line}", flush=True)
+    except BaseException as e:
+        print(_stopped(e, configs, out_dir, (time.perf_counter() - t0) / 60), file=sys.stderr, flush=True)
+        raise
     if errors:
+        killed = any(isinstance(e, WorkerDied) for _, e in errors)
         raise RuntimeError(f"{len(errors)} of {len(grid)} runs failed (finished runs are stored in {out_dir}; run "
-                           f"again to retry): " + "; ".join(f"{configs[i].task} {configs[i].label} seed "
-                                                            f"{configs[i].seed}: {type(e).__name__}: {e}"
-                                                            for i, e in errors[:5])) from errors[0][1]
+                           f"again to retry" + ("; a run whose worker was killed twice most likely needs more memory "
+                                                "than it had: run fewer jobs" if killed else "") + "): " + "; ".join(
+                               f"{configs[i].task} {configs[i].label} seed {configs[i].seed}: {_why(e)}"
+                               for i, e in errors[:5])) from errors[0][1]
     return results

@@ -13,7 +13,7 @@ from ..core import METHODS, LEVELS, check_choice
 from ..data import TASKS, task_info, load_task
 from .zoo import MODELS, model_spec
 from .tasks import TASK_TYPES, task_type, GENERATION_PROBE
-from .runner import CONFIGS, RUN_METHODS, EXPERT_FIELDS, make_config, run, run_grid
+from .runner import CONFIGS, RUN_METHODS, EXPERT_FIELDS, make_config, run, run_grid, stop_on_signals
 
 # %% auto #0
 __all__ = ['GLUE_TASKS', 'PAPER_GLUE_TASKS', 'SMOKE', 'PAPER_ABSTRACT', 'TABLE_SEEDS', 'TABLE_VARIANTS', 'TABLES', 'GRID_AXES',
@@ -283,12 +283,13 @@ def format_table(table) -> str:
     return "\n".join([line(cols), line(["-" * n for n in w])] + [line(r) for r in rows])
 
 def table(name: str, variant: str = "quick", jobs: int | None = None, threads: int | None = None,
-          out_dir="results/runs", csv=None, tasks=None, seeds=None, progress: bool = True, **settings):
+          out_dir="results/runs", csv=None, tasks=None, seeds=None, progress: bool = True, memory: int | None = None,
+          **settings):
     "Run (or read back) table `name`; write `csv` (+ speed CSV, routing CSV, plot) if given; print it; return its rows."
     t = _table(name)
     grid = table_grid(name, variant, tasks=tasks, seeds=seeds, **settings)
     t0 = time.perf_counter()
-    results = run_grid(grid, jobs=jobs, threads=threads, out_dir=out_dir, progress=progress)
+    results = run_grid(grid, jobs=jobs, threads=threads, out_dir=out_dir, progress=progress, memory=memory)
     df, speed = results_frame(results), speed_frame(results)
     if csv is not None:
         csv = Path(csv); csv.parent.mkdir(parents=True, exist_ok=True)
@@ -428,6 +429,11 @@ def _layer_options(x):
     x.add_argument("--backend", default=S, help="MEO: the merged product's backend (meo.ops: torch, triton, reference)")
 
 # %% ../../nbs/16_tables.ipynb #25113940
+def _memory_arg(s: str) -> int:
+    m = re.fullmatch(r"\s*(\d+(?:\.\d*)?)\s*([kmgt]?)(?:i?b)?\s*", s, re.I)
+    if not m: raise argparse.ArgumentTypeError(f"expected bytes such as 8G, 512M or 2000000000, got {s!r}")
+    return int(float(m[1]) * 1024 ** " kmgt".index(m[2].lower() or " "))
+
 def _table_options(t):
     "The options of a table (`table`), as options of group `t`."
     v = t.add_mutually_exclusive_group()
@@ -437,7 +443,10 @@ def _table_options(t):
     v.add_argument("--smoke", dest="variant", action="store_const", const="smoke", help="a tiny slice (tests)")
     v.add_argument("--paper", dest="variant", action="store_const", const="paper",
                    help="the paper configuration (needs internet and a GPU)")
-    t.add_argument("--jobs", type=int, default=None, help="worker processes (default: the cores, at most 8)")
+    t.add_argument("--jobs", type=int, default=None, help="worker processes (default: the cores, at most 8, and no "
+                   "more than the memory holds; 1: in this process)")
+    t.add_argument("--memory", type=_memory_arg, default=None, help="memory the table may use, e.g. 8G (default: what "
+                   "the machine has available now, MemAvailable or a cgroup limit)")
     t.add_argument("--csv", default=None, help=f"CSV to write, plots beside it (default: {LOCAL_RESULTS}/"
                                                 "TABLE_offline[_VARIANT].csv)")
     t.add_argument("--tasks", nargs="+", default=None, help="a subset of the table's tasks")
@@ -464,7 +473,7 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 # %% ../../nbs/16_tables.ipynb #1a3a3ec8
-_TABLE_ONLY = ("variant", "jobs", "csv", "tasks", "seeds")
+_TABLE_ONLY = ("variant", "jobs", "csv", "tasks", "seeds", "memory")
 LOCAL_RESULTS = "results/local"      # a user's tables (git-ignored); the committed ones only when --csv names them
 _EXPERT_OPTIONS = ("level", "n_experts", "k", "n_tasks") + EXPERT_FIELDS
 
@@ -510,20 +519,24 @@ def cli(argv=None):
             csv = table_opts["csv"] or f"{LOCAL_RESULTS}/{target}_{'offline' if variant != 'paper' else 'paper'}" \
                   f"{'' if variant in ('full', 'paper') else '_' + variant}.csv"
             return makers[target](variant, jobs=table_opts["jobs"], threads=threads, out_dir=out_dir, csv=csv,
-                                  tasks=table_opts["tasks"], seeds=table_opts["seeds"], progress=not quiet, **a)
+                                  tasks=table_opts["tasks"], seeds=table_opts["seeds"], progress=not quiet,
+                                  memory=table_opts["memory"], **a)
         if any(v is not None for v in table_opts.values()):
-            p.error("--full/--smoke/--paper/--jobs/--csv/--tasks/--seeds are options of tables (`meo-run glue`, ...), "
-                    "not of a run")
+            p.error("--full/--smoke/--paper/--jobs/--memory/--csv/--tasks/--seeds are options of tables (`meo-run "
+                    "glue`, ...), not of a run")
         if threads: torch.set_num_threads(threads)
-        res = run(target, out_dir=out_dir, progress=not quiet, retrain=retrain, **a)
+        try: res = run(target, out_dir=out_dir, progress=not quiet, retrain=retrain, **a)
+        except KeyboardInterrupt as e:
+            print(f"meo-run: {e or 'interrupted'}: the run was not stored", file=sys.stderr); raise
         print(res["path"])
         return res
     except (ValueError, NotImplementedError) as e: p.error(str(e))
     except RuntimeError as e: print(f"meo-run: error: {e}", file=sys.stderr); sys.exit(1)
+    except KeyboardInterrupt as e: sys.exit(128 + getattr(e, "signum", 2))    # said; the status a shell expects
 
 def main(argv=None) -> None:
     "The `meo-run` console script (its return value would be the exit status, so it returns None)."
-    cli(argv)
+    with stop_on_signals(): cli(argv)                    # SIGTERM, SIGHUP: clean-up runs, then status 128 + signal
 
 # %% ../../nbs/16_tables.ipynb #50d5b7ab
 #| eval: false
