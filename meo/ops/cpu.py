@@ -65,7 +65,7 @@ def _blocks(O: int, block: int):
     return [(o, min(o + block, O)) for o in range(0, O, block)]
 
 TILE_BYTES = 2 ** 24          # every gate row's whole merged weight, if within this, is one tile (16 MB)
-TILE_ROWS, TILE_COLS = 64, 768  # else tiles of 64 output rows by at most 768 input columns (192 KB per gate row)
+TILE_ROWS, TILE_COLS = 256, 768  # else tiles of 256 output rows by at most 768 input columns (768 KB per gate row)
 MERGE_ROWS = 64               # output rows of the gradients D_g formed at a time in backward
 
 def tiling(G: int, O: int, I: int, itemsize: int = 4, block: int | None = None,
