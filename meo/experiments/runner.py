@@ -388,7 +388,7 @@ def check_sources(configs: list[RunConfig]):
 
 # %% ../../nbs/15_runner.ipynb #7895b709
 WORKER_BASE = 600 * 2**20    # bytes of a process with torch, transformers and the Trainer loaded (537 MiB measured)
-MEMORY_MARGIN = 1.15         # the allocator, transient copies, MEO's merged weights (measured peaks: 6-20 % below)
+MEMORY_MARGIN = 1.15         # the allocator, transient copies, MEO's merged weights (measured: 8-17 % below)
 
 def _meta_model(cfg: RunConfig):
     "The run's model, converted unless dense, on the meta device."
