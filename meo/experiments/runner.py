@@ -237,27 +237,32 @@ def build_model(cfg: RunConfig, data: Prepared):
     return model
 
 # %% ../../nbs/15_runner.ipynb #5a150001
-def _vm(key: str) -> float | None:
-    "A field of /proc/self/status in MiB (e.g. 'VmHWM', the peak resident set), or None off Linux."
-    try: text = Path("/proc/self/status").read_text()
-    except OSError: return None
-    for line in text.splitlines():
-        if line.startswith(key + ":"): return int(line.split()[1]) / 1024
-    return None
+def _memory_peak(pid="self") -> int | None:
+    "The peak resident memory (bytes) of a process since it started or since `_reset_peak` (Linux; else None)."
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            return next((int(l.split()[1]) * 1024 for l in f if l.startswith("VmHWM:")), None)
+    except (OSError, ValueError): return None
+
+def _reset_peak() -> bool:
+    "Make this process's peak resident memory its current size (Linux >= 4.0); False where that can't be done."
+    try:
+        with open("/proc/self/clear_refs", "w") as f: f.write("5")
+        return True
+    except OSError: return False
 
 class PeakMemory:
     "The peak memory (MiB) inside the block: the CUDA allocator's on a GPU, else the process's resident set (Linux)."
     def __init__(self, device="cpu"): self.cuda, self.mb = torch.device(device).type == "cuda", None
 
     def __enter__(self):
-        if self.cuda: torch.cuda.reset_peak_memory_stats(); return self
-        try: Path("/proc/self/clear_refs").write_text("5"); self.reset = True     # VmHWM := the current RSS
-        except OSError: self.reset = False
+        if self.cuda: torch.cuda.reset_peak_memory_stats()
+        else: self.reset = _reset_peak()
         return self
 
     def __exit__(self, *exc):
         if self.cuda: self.mb = torch.cuda.max_memory_allocated() / 2 ** 20
-        elif self.reset: self.mb = _vm("VmHWM")
+        elif self.reset: self.mb = _memory_peak() / 2 ** 20
 
 # %% ../../nbs/15_runner.ipynb #d441ce55
 def train(cfg: RunConfig, model, data: Prepared, output_dir: str, progress: bool = True):
@@ -303,29 +308,19 @@ def record(cfg: RunConfig, data: Prepared, trainer, trained: dict | None, metric
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "wall_s": wall_s,
     }
 
-def _memory_peak(pid="self") -> int | None:
-    "The peak resident memory (bytes) of a process since it started or since `_reset_peak` (Linux; else None)."
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            return next((int(l.split()[1]) * 1024 for l in f if l.startswith("VmHWM:")), None)
-    except (OSError, ValueError): return None
-
-def _reset_peak():
-    try:
-        with open("/proc/self/clear_refs", "w") as f: f.write("5")      # VmHWM := the current size (Linux >= 4.0)
-    except OSError: pass
-
 def _train_and_evaluate(cfg: RunConfig, progress: bool = True) -> dict:
     "Prepare the data, build the model, train, evaluate, record (with the process's peak memory meanwhile, on Linux)."
     t0 = time.perf_counter()
     _reset_peak()
     data = prepare_data(cfg)
     model = build_model(cfg, data)
+    before = _memory_peak()                              # training (PeakMemory) resets the peak: keep the one so far
     with tempfile.TemporaryDirectory(prefix="meo-run-") as tmp:
         trainer, trained = train(cfg, model, data, tmp, progress)
         metrics, ev = data.tt.evaluate(trainer, data.evald, data.info, cfg)
     res = record(cfg, data, trainer, trained, metrics, ev, time.perf_counter() - t0)
-    return {**res, "peak_memory_bytes": _memory_peak()}
+    peak = max(before or 0, _memory_peak() or 0) or None
+    return {**res, "peak_memory_bytes": peak}
 
 # %% ../../nbs/15_runner.ipynb #93f48551
 def read_run(path, cfg: RunConfig | None = None) -> dict | None:
