@@ -5,7 +5,8 @@ cell shows is invisible on GitHub or in JupyterLab until the notebook is run. Ma
 
 - figures: each notebook's markdown shows `results/*.png` with `![...](../../results/NAME.png)`;
 - tables: a markdown cell holds a block `<!-- results: KEY -->` ... `<!-- /results -->`, which this script fills
-  from the committed CSV of `results/`, through the same `meo` function the notebook calls on it (`TABLES` below).
+  from the committed CSV of `results/`, through the same `meo` function the notebook calls on it (`TABLES` below);
+  a table not made yet says which command makes it, and its figure is shown inside the block once it exists.
 
     python .ci/results_md.py             # rewrite every block from results/
     python .ci/results_md.py --check     # exit 1 if a block is not what results/ gives, or a figure is not shown
@@ -69,7 +70,19 @@ def _bench_model():
     for c, f in fmt.items(): out[c] = ["–" if v != v else f.format(v) for v in model[c]]
     return out
 
-# key: (what made the CSV, how the table is computed, the function)
+def _smollm(name, csv):
+    import meo.experiments.tables as E
+    return E.summary_table(name, _csv(f"{csv}.csv"), _csv(f"{csv}_speed.csv"))
+
+def _examples(csv):
+    ex = _csv(csv).fillna("")
+    ex["source"] = [s[:200] + " ..." for s in ex.source]
+    return ex.map(lambda v: " ".join(str(v).split())).set_index("source")   # one line per cell
+
+# key: (what made the CSV, how the table is computed, the function[, {"needs": files of results/, "figure": PNG}])
+# a block whose files do not exist yet says what makes them; a figure is shown inside the block once it exists
+_SMOLLM_CMD = "`meo-run smollm --full --csv results/smollm_offline.csv`"
+_SUMM_CMD = "`meo-run smollm-summ --full --csv results/smollm_summ_offline.csv`"
 TABLES = {
     "glue": ("`results/glue_offline.csv`, made by `meo-run glue --full`", "`meo.experiments.tables.summary_table`", _glue),
     "wikitext": ("`results/wikitext_offline.csv` and `wikitext_offline_speed.csv`, made by `meo-run wikitext --full`",
@@ -88,11 +101,28 @@ TABLES = {
                     "time relative to the dense block", _bench_layer),
     "bench-model": ("`results/bench_model.csv`, made by `python -m meo.bench.cpu --model-ks ...` (below)",
                     "whole BERT-base, batch 16, 128 tokens", _bench_model),
+    "smollm": (f"`results/smollm_offline.csv` and `smollm_offline_speed.csv`, made by {_SMOLLM_CMD}",
+               "`meo.experiments.tables.summary_table`", lambda: _smollm("smollm", "smollm_offline"),
+               {"needs": ["smollm_offline.csv", "smollm_offline_speed.csv"], "figure": "smollm_offline.png"}),
+    "smollm-summ": (f"`results/smollm_summ_offline.csv` and `smollm_summ_offline_speed.csv`, made by {_SUMM_CMD}",
+                    "`meo.experiments.tables.summary_table`", lambda: _smollm("smollm-summ", "smollm_summ_offline"),
+                    {"needs": ["smollm_summ_offline.csv", "smollm_summ_offline_speed.csv"],
+                     "figure": "smollm_summ_offline.png"}),
+    "smollm-summ-examples": (f"`results/smollm_summ_offline_examples.csv`, made by {_SUMM_CMD}",
+                             "the first evaluation articles: reference, lead baseline and each row's summary (seed 42)",
+                             lambda: _examples("smollm_summ_offline_examples.csv"),
+                             {"needs": ["smollm_summ_offline_examples.csv"]}),
 }
 
 def block(key: str) -> str:
-    made, how, fn = TABLES[key]
-    return f"\n*From {made}; {how}; written here by `python .ci/results_md.py`.*\n\n{md_table(fn())}\n\n"
+    made, how, fn, *more = TABLES[key]
+    opts = more[0] if more else {}
+    if missing := [f for f in opts.get("needs", ()) if not (R / f).exists()]:
+        return (f"\n*Not made yet: `results/{missing[0]}` does not exist. It is made by {made.split(', made by ')[-1]}; "
+                f"then `python .ci/results_md.py` writes the table here.*\n\n")
+    fig = opts.get("figure")
+    shown = f"\n\n![{key}](../../results/{fig})" if fig and (R / fig).exists() else ""
+    return f"\n*From {made}; {how}; written here by `python .ci/results_md.py`.*\n\n{md_table(fn())}{shown}\n\n"
 
 def notebooks():
     return sorted(p for p in (root / "nbs").rglob("*.ipynb") if not {".ipynb_checkpoints", "_proc"} & set(p.parts))

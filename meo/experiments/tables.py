@@ -17,10 +17,11 @@ from .runner import CONFIGS, RUN_METHODS, EXPERT_FIELDS, make_config, run, run_g
 
 # %% auto #0
 __all__ = ['GLUE_TASKS', 'PAPER_GLUE_TASKS', 'SMOKE', 'PAPER_ABSTRACT', 'TABLE_SEEDS', 'TABLE_VARIANTS', 'TABLES', 'GRID_AXES',
-           'RESULT_COLUMNS', 'SPEED_COLUMNS', 'SPEED_STATS', 'LEVEL_COLORS', 'METHOD_NAMES', 'S', 'LOCAL_RESULTS',
-           'Table', 'apply_axes', 'table_grid', 'results_frame', 'order_rows', 'speed_frame', 'table_stats',
-           'table_text', 'summary_table', 'routing_frame', 'plot_table', 'plot_usage', 'format_table', 'table',
-           'settings_table', 'size_table', 'preset_rows', 'estimate_table', 'tables', 'list_text', 'cli', 'main']
+           'RESULT_COLUMNS', 'SPEED_COLUMNS', 'SPEED_STATS', 'LEVEL_COLORS', 'METHOD_NAMES', 'BASELINE_STYLES',
+           'BASELINES', 'SMOLLM_STATS', 'S', 'LOCAL_RESULTS', 'Table', 'apply_axes', 'table_grid', 'results_frame',
+           'row_method', 'order_rows', 'speed_frame', 'table_stats', 'table_text', 'summary_table', 'routing_frame',
+           'plot_table', 'plot_usage', 'format_table', 'table', 'lead_result', 'examples_frame', 'settings_table',
+           'size_table', 'preset_rows', 'estimate_table', 'tables', 'list_text', 'cli', 'main']
 
 # %% ../../nbs/16_tables.ipynb #56445907
 GLUE_TASKS = ("rt-sst2", "rt-stsb", "bbc-topic", "bible-para")
@@ -48,6 +49,14 @@ class Table:
     routing_k: int | None = None # write the expert usage of the first seed at this k beside the CSV
     figure: str = ""             # suffix of the figure's file name
     note: str = ""               # printed under the table
+    settings: dict = field(default_factory=dict) # every run of full/quick/smoke (`smoke` replaces them)
+    expert: dict = field(default_factory=dict)   # the MoE/MEO runs only (e.g. `blocks`)
+    zero_shot: bool = False      # a dense row evaluated without training ('zero-shot', the first seed only)
+    baselines: tuple = ()        # rows scored without a model (`BASELINES`, e.g. 'lead')
+    stats: tuple = ()            # the throughput columns of its text table (default: SPEED_STATS)
+    seeds: tuple = ()            # the full table's seeds (default: TABLE_SEEDS)
+    fresh: bool = False          # each run in a new process, so that its peak memory is its own
+    examples: int = 0            # write the outputs of the first `examples` evaluation rows beside the CSV
 
 TABLE_SEEDS = (42, 43, 44)
 TABLE_VARIANTS = ("full", "quick", "smoke", "paper")
@@ -98,14 +107,22 @@ def table_grid(name: str, variant: str = "quick", tasks=None, seeds=None, **sett
              "quick": list(t.quick or [(l, t.k) for l in levels]), "smoke": list(t.smoke_runs)}[variant]
     expert = [dict(method=m, level=l, k=k, n_experts=t.n_experts) for l, k in pairs for m in METHODS]
     all_tasks = t.paper_tasks if variant == "paper" else t.tasks
+    if not all_tasks: raise ValueError(f"table {name!r} has no {variant} variant: the paper ran no such experiment")
     if tasks and (unknown := [x for x in tasks if x not in all_tasks]):
         raise ValueError(f"tasks {unknown} are not in the {name} table ({variant}): expected some of "
                          f"{', '.join(all_tasks)}")
-    seeds = seeds or (TABLE_SEEDS if variant == "full" else (42,))
+    seeds = seeds or ((t.seeds or TABLE_SEEDS) if variant == "full" else (42,))
     runs, settings = apply_axes([dict(method="dense")] + expert, settings)
-    base = {"config": "paper" if variant == "paper" else "offline", **(t.smoke if variant == "smoke" else {}),
-            **settings}
-    return [dict(task=task, seed=s, **r, **base) for s in seeds for task in (tasks or all_tasks) for r in runs]
+    own = {} if variant == "paper" else {**t.settings, **t.expert, **(t.smoke if variant == "smoke" else {})}
+    given = {**own, **settings}
+    base = {"config": "paper" if variant == "paper" else "offline",
+            **{k: v for k, v in given.items() if k not in EXPERT_FIELDS}}
+    layer = {k: v for k, v in given.items() if k in EXPERT_FIELDS}
+    runs = [r if r["method"] == "dense" else {**r, **layer} for r in runs]       # expert settings: expert rows only
+    grid = [dict(task=task, seed=s, **r, **base) for s in seeds for task in (tasks or all_tasks) for r in runs]
+    if t.zero_shot and variant != "paper" and any(r["method"] == "dense" for r in runs):
+        grid = [dict(grid[0], method="dense", steps=0, seed=seeds[0])] + grid    # the pretrained model, untrained
+    return grid
 
 # %% ../../nbs/16_tables.ipynb #d86c57e1
 RESULT_COLUMNS = ["task", "method", "level", "n_experts", "k", "seed", "metric", "score", "config", "model",
@@ -119,7 +136,7 @@ def results_frame(results: list[dict]):
     for r in results:
         c, tr, ev = r["config"], r.get("train") or {}, r["eval"]
         for metric, score in r["metrics"].items():
-            rows.append(dict(task=c["task"], method=c["method"], level=c["level"], n_experts=c["n_experts"], k=c["k"],
+            rows.append(dict(task=c["task"], method=row_method(r), level=c["level"], n_experts=c["n_experts"], k=c["k"],
                              seed=c["seed"], metric=metric, score=score, config=c["config"], model=c["model"],
                              train_examples=tr.get("examples", 0), train_steps=tr.get("steps", 0),
                              max_length=c["max_length"], lr=c["lr"], train_samples_per_s=tr.get("samples_per_s"),
@@ -129,17 +146,22 @@ def results_frame(results: list[dict]):
     df = pd.DataFrame(rows, columns=RESULT_COLUMNS)
     return df.astype({"n_experts": "Int64", "k": "Int64"})
 
+def row_method(r: dict) -> str:
+    "The method of a result in a table: its config's, but 'zero-shot' for a dense model evaluated untrained."
+    return "zero-shot" if r["config"]["method"] == "dense" and not r.get("train") else r["config"]["method"]
+
 def order_rows(df):
-    "Rows in table order: dense, then MoE/MEO by level (token, sequence, task) and k."
-    rank = {"dense": 0, "moe": 1, "meo": 2}
+    "Rows in table order: baselines, zero-shot, dense, then MoE/MEO by level (token, sequence, task) and k."
+    rank = {"lead": -2, "zero-shot": -1, "dense": 0, "moe": 1, "meo": 2}
     return df.assign(_m=df.method.map(rank), _l=df.level.map({l: i for i, l in enumerate(("-",) + LEVELS)}),
                      _k=df.k.astype(float)).sort_values(["_l", "_k", "_m"]).drop(columns=["_m", "_l", "_k"])
 
 # %% ../../nbs/16_tables.ipynb #266d91f6
 SPEED_COLUMNS = ["task", "method", "level", "n_experts", "k", "seed", "train_samples_per_s", "eval_samples_per_s",
-                 "gen_examples", "gen_new_tokens", "gen_runtime_s", "gen_tokens_per_s", "gflops_per_example", "hash"]
+                 "gen_examples", "gen_new_tokens", "gen_runtime_s", "gen_tokens_per_s", "gflops_per_example",
+                 "train_tokens_per_s", "params_m", "peak_train_mb", "hash"]
 SPEED_STATS = ["train_samples_per_s", "eval_samples_per_s", "gen_tokens_per_s", "gflops_per_example"]
-_SCALE = {"perplexity": 1.0}                        # other metrics are in [0, 1]: shown x 100
+_SCALE = lambda metric: 1.0 if metric.startswith("perplexity") else 100.0    # others are in [0, 1]: shown x 100
 
 def speed_frame(results: list[dict]):
     "One row per run: training, evaluation and generation throughput, FLOPs (columns `SPEED_COLUMNS`)."
@@ -147,19 +169,20 @@ def speed_frame(results: list[dict]):
     rows = []
     for r in results:
         c, tr, ev, g = r["config"], r.get("train") or {}, r["eval"], r.get("generate") or {}
-        rows.append(dict(task=c["task"], method=c["method"], level=c["level"], n_experts=c["n_experts"], k=c["k"],
+        rows.append(dict(task=c["task"], method=row_method(r), level=c["level"], n_experts=c["n_experts"], k=c["k"],
                          seed=c["seed"], train_samples_per_s=tr.get("samples_per_s"),
                          eval_samples_per_s=ev["samples_per_s"],
                          gen_examples=g.get("examples"), gen_new_tokens=g.get("new_tokens"),
                          gen_runtime_s=g.get("runtime_s"),
                          gen_tokens_per_s=g.get("tokens_per_s"), gflops_per_example=r.get("gflops_per_example"),
-                         hash=r["hash"]))
+                         train_tokens_per_s=tr.get("tokens_per_s"), params_m=(r.get("parameters") or 0) / 1e6 or None,
+                         peak_train_mb=tr.get("peak_mem_mb"), hash=r["hash"]))
     return pd.DataFrame(rows, columns=SPEED_COLUMNS).astype({"n_experts": "Int64", "k": "Int64"})
 
 # %% ../../nbs/16_tables.ipynb #3818dd0d
-def table_stats(df, speed=None) -> tuple:
+def table_stats(df, speed=None, stats=SPEED_STATS) -> tuple:
     "(mean, std) per (method, level, k) over seeds of each metric (one task) or task score and their average."
-    # x 100 but perplexity; then the mean throughput
+    # x 100 but perplexity; then the mean throughput (the columns `stats` of `speed`)
     d = df.assign(level=df.level.fillna("-"), k=df.k.fillna(0).astype(int))
     keys = ["method", "level", "k"]
     if d.task.nunique() > 1:
@@ -170,12 +193,12 @@ def table_stats(df, speed=None) -> tuple:
     else:
         metrics = list(dict.fromkeys(d.metric))
         runs = d.pivot_table(index=keys + ["seed"], columns="metric", values="score", sort=False)[metrics]
-        runs, after = runs * [_SCALE.get(m, 100.0) for m in metrics], 1.0
+        runs, after = runs * [_SCALE(m) for m in metrics], 1.0
     g = runs.groupby(level=keys, sort=False)
     mean, std = g.mean() * after, g.std(ddof=1) * after
     if speed is not None:
         s = speed.assign(level=speed.level.fillna("-"), k=speed.k.fillna(0).astype(int))
-        sp = s.groupby(keys, sort=False)[SPEED_STATS].mean()
+        sp = s.groupby(keys, sort=False)[list(stats)].mean()
         mean, std = mean.join(sp), std.join(sp * np.nan)
     index = order_rows(mean.reset_index()[keys]).set_index(keys).index
     return mean.loc[index], std.loc[index]
@@ -187,7 +210,8 @@ def table_text(mean, std, digits: int = 1, paper: dict | None = None, paper_labe
         f"{m:.{digits}f}" if np.isnan(s) else f"{m:.{digits}f} ± {s:.{digits}f}")
     out = mean.copy().astype(object)
     for c in mean.columns:
-        if c in SPEED_STATS: out[c] = [("–" if np.isnan(m) else f"{m:.3g}") for m in mean[c]]
+        if c in SPEED_COLUMNS:                                  # throughput: 3 digits, thousands without exponent
+            out[c] = ["–" if np.isnan(m) else f"{m:,.0f}" if abs(m) >= 1000 else f"{m:.3g}" for m in mean[c]]
         else: out[c] = [cell(m, s) for m, s in zip(mean[c], std[c])]
     if paper: out[paper_label] = [f"{paper[(m, l)]}" if (m, l) in paper else "" for m, l, _ in out.index]
     return out
@@ -195,7 +219,8 @@ def table_text(mean, std, digits: int = 1, paper: dict | None = None, paper_labe
 def summary_table(name: str, df, speed=None, digits: int = 1):
     "The text table of table `name` from its rows (and speed rows): `table_stats` → `table_text`, the paper's beside."
     t = _table(name)
-    return table_text(*table_stats(df, speed), digits=digits, paper=t.paper, paper_label=t.paper_label or "paper")
+    return table_text(*table_stats(df, speed, t.stats or SPEED_STATS), digits=digits, paper=t.paper,
+                      paper_label=t.paper_label or "paper")
 
 # %% ../../nbs/16_tables.ipynb #5a038ab6
 def routing_frame(results: list[dict], seeds=None, ks=None):
@@ -218,20 +243,27 @@ def routing_frame(results: list[dict], seeds=None, ks=None):
 LEVEL_COLORS = {"token": "tab:blue", "sequence": "tab:orange", "task": "tab:green"}
 METHOD_NAMES = {"dense": "dense", "moe": "MoE", "meo": "MEO"}
 
-def plot_table(df, speed=None, title: str = "", path=None):
+BASELINE_STYLES = {"dense": dict(color="grey", ls="-"), "zero-shot": dict(color="grey", ls=":"),
+                   "lead": dict(color="black", ls="-.")}
+
+def plot_table(df, speed=None, title: str = "", path=None, stats=SPEED_STATS):
     "Metrics (or task scores) and throughput against k, mean ± std over seeds: MoE dashed, MEO solid, colour = level."
+    # rows without experts (dense, zero-shot, lead): horizontal lines
     import matplotlib; import matplotlib.pyplot as plt
-    mean, std = table_stats(df, speed)
-    panels = [c for c in mean.columns if c not in SPEED_STATS] + [
-        c for c in ("train_samples_per_s", "gen_tokens_per_s") if c in mean.columns and mean[c].notna().any()]
-    labels = {"train_samples_per_s": "training samples/s", "gen_tokens_per_s": "generated tokens/s",
-              "perplexity": "perplexity (lower is better)"}
+    mean, std = table_stats(df, speed, stats)
+    panels = [c for c in mean.columns if c not in stats] + [
+        c for c in ("train_samples_per_s", "train_tokens_per_s", "gen_tokens_per_s")
+        if c in mean.columns and mean[c].notna().any()]
+    labels = {"train_samples_per_s": "training samples/s", "train_tokens_per_s": "training tokens/s",
+              "gen_tokens_per_s": "generated tokens/s", "perplexity": "perplexity (lower is better)"}
     fig, axes = plt.subplots(1, len(panels), figsize=(3.0 * len(panels), 3.1), squeeze=False, layout="constrained")
     ks = sorted({k for k in mean.index.get_level_values(2) if k})
+    flat = [m for m in BASELINE_STYLES if m in mean.index.get_level_values(0)]
     for ax, c in zip(axes[0], panels):
-        if ("dense", "-", 0) in mean.index:
-            ax.axhline(mean.loc[("dense", "-", 0), c], color="grey", lw=1, label="dense")
-        for (m, l), sub in mean[c].drop(index="dense", level=0, errors="ignore").groupby(level=[0, 1], sort=False):
+        for m in flat:
+            if mean.loc[(m, "-", 0), c] == mean.loc[(m, "-", 0), c]:            # not NaN
+                ax.axhline(mean.loc[(m, "-", 0), c], lw=1, label=m, **BASELINE_STYLES[m])
+        for (m, l), sub in mean[c].drop(index=flat, level=0, errors="ignore").groupby(level=[0, 1], sort=False):
             x = sub.index.get_level_values(2)
             ax.errorbar(x, sub.values, yerr=std[c].loc[sub.index].fillna(0).values, color=LEVEL_COLORS[l],
                         ls="--" if m == "moe" else "-", marker="o" if m == "meo" else "s", ms=4, capsize=2,
@@ -239,14 +271,16 @@ def plot_table(df, speed=None, title: str = "", path=None):
         ax.set_xscale("log", base=2); ax.set_xticks(ks)
         ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
         ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
-        ax.set_xlabel("k (selected experts)"); ax.set_title(labels.get(c, c + (" x 100" if c not in _SCALE else "")),
-                                                            fontsize=9)
+        scaled = c not in SPEED_COLUMNS and _SCALE(c) != 1.0
+        ax.set_xlabel("k (selected experts)"); ax.set_title(labels.get(c, c + (" x 100" if scaled else "")), fontsize=9)
         ax.grid(alpha=0.3)
     axes[0][-1].legend(fontsize=7, loc="best")
     if title: fig.suptitle(title, fontsize=9)
     if path is not None: fig.savefig(path, dpi=110)
     return fig
 
+
+# %% ../../nbs/16_tables.ipynb #5a160001
 def plot_usage(routing, task: str, k: int, phase: str = "train", seed=None, path=None):
     "Heatmaps of expert usage (share of selections) per layer, one per method and level, for one task and k."
     import matplotlib.pyplot as plt
@@ -289,24 +323,12 @@ def table(name: str, variant: str = "quick", jobs: int | None = None, threads: i
     t = _table(name)
     grid = table_grid(name, variant, tasks=tasks, seeds=seeds, **settings)
     t0 = time.perf_counter()
-    results = run_grid(grid, jobs=jobs, threads=threads, out_dir=out_dir, progress=progress, memory=memory)
+    results = run_grid(grid, jobs=jobs, threads=threads, out_dir=out_dir, progress=progress, memory=memory,
+                       fresh=t.fresh and variant != "smoke")             # the smoke slice measures no memory
+    base = make_config(**next(g for g in grid if g["method"] == "dense"))
+    results += [BASELINES[b](base) for b in t.baselines]                      # scored on the same evaluation rows
     df, speed = results_frame(results), speed_frame(results)
-    if csv is not None:
-        csv = Path(csv); csv.parent.mkdir(parents=True, exist_ok=True)
-        beside = lambda suffix: csv.with_name(csv.stem + suffix)
-        df.to_csv(csv, index=False); speed.to_csv(beside("_speed.csv"), index=False)
-        written = [csv, beside("_speed.csv")]
-        if t.routing_k is not None:
-            first = min(r["config"]["seed"] for r in results)
-            routing_frame(results, seeds=[first], ks=[t.routing_k]).to_csv(beside("_routing.csv"), index=False)
-            written.append(beside("_routing.csv"))
-        if df.k.nunique() > 1:                                            # a plot against k needs several k
-            try:
-                import matplotlib.pyplot as plt
-                plt.close(plot_table(df, speed, f"{name} ({variant})", beside(t.figure + ".png")))
-                written.append(beside(t.figure + ".png"))
-            except ImportError: print("(matplotlib is not installed: no plot written; pip install matplotlib)")
-        print("wrote " + ", ".join(map(str, written)))
+    if csv is not None: _write_table(t, variant, results, df, speed, Path(csv))
     cfg = make_config(**grid[0])
     data = ", ".join(dict.fromkeys(g["task"] for g in grid))
     print(f"\n{name} table ({variant}: {len(results)} runs, {time.perf_counter() - t0:.0f} s; model {cfg.model} on "
@@ -315,13 +337,95 @@ def table(name: str, variant: str = "quick", jobs: int | None = None, threads: i
     if t.note: print(t.note)
     return df
 
+def _write_table(t: Table, variant: str, results: list, df, speed, csv: Path):
+    "Write a table's CSV, its speed CSV beside it, and where the table asks for them its routing, examples and plot."
+    csv.parent.mkdir(parents=True, exist_ok=True)
+    beside = lambda suffix: csv.with_name(csv.stem + suffix)
+    df.to_csv(csv, index=False); speed.to_csv(beside("_speed.csv"), index=False)
+    written = [csv, beside("_speed.csv")]
+    if t.routing_k is not None:
+        first = min(r["config"]["seed"] for r in results)
+        routing_frame(results, seeds=[first], ks=[t.routing_k]).to_csv(beside("_routing.csv"), index=False)
+        written.append(beside("_routing.csv"))
+    if t.examples:
+        examples_frame(results, t.examples).to_csv(beside("_examples.csv"), index=False)
+        written.append(beside("_examples.csv"))
+    if df.k.nunique() > 1 or variant == "full":                          # a plot against k needs several k
+        try:
+            import matplotlib.pyplot as plt
+            plt.close(plot_table(df, speed, f"{t.name} ({variant})", beside(t.figure + ".png"), t.stats or SPEED_STATS))
+            written.append(beside(t.figure + ".png"))
+        except ImportError: print("(matplotlib is not installed: no plot written; pip install matplotlib)")
+    print("wrote " + ", ".join(map(str, written)))
+
+
+# %% ../../nbs/16_tables.ipynb #5a160003
+def lead_result(cfg) -> dict:
+    "The lead baseline of the run configuration `cfg` (its task and evaluation rows), as a result of `run`."
+    import hashlib, json
+    from ..data import sentences
+    from .metrics import rouge, task_score
+    from .runner import config_dict
+    ds = load_task(cfg.task, {cfg.eval_split: cfg.max_eval_examples} if cfg.max_eval_examples else None)[cfg.eval_split]
+    t0 = time.perf_counter()
+    preds = [next((s[a:b] for a, b in sentences(s)), s) for s in ds["source"]]
+    metrics = rouge(preds, ds["target"])
+    runtime = time.perf_counter() - t0
+    c = {**config_dict(cfg), "method": "lead", "model": "-", "steps": 0}
+    return {"hash": hashlib.sha256(json.dumps(c, sort_keys=True).encode()).hexdigest()[:12], "config": c,
+            "metrics": metrics, "score": task_score(metrics), "train": None, "generate": None,
+            "eval": {"examples": len(ds), "runtime_s": runtime, "samples_per_s": len(ds) / runtime},
+            "predictions": preds, "eval_order": list(range(len(ds))), "parameters": 0, "gflops_per_example": None}
+
+BASELINES = {"lead": lead_result}
+
+def examples_frame(results: list[dict], n: int):
+    "The first `n` evaluation rows: source (start), reference and each result's output (first seed), in split order."
+    import pandas as pd
+    first = min(r["config"]["seed"] for r in results)
+    lead = next(r for r in results if r["config"]["method"] == "lead")
+    cfg, n = lead["config"], min(n, len(lead["predictions"]))
+    ds = load_task(cfg["task"], {cfg["eval_split"]: n})[cfg["eval_split"]]
+    out = pd.DataFrame({"source": [s[:300] + " ..." for s in ds["source"]], "reference": ds["target"]})
+    for r in results:
+        c = r["config"]
+        if c["seed"] != first and c["method"] != "lead": continue
+        by_row = dict(zip(r["eval_order"], r["predictions"]))
+        label = row_method(r) + ("" if c["level"] is None else f" {c['level']} k={c['k']}")
+        out[label] = [by_row.get(i) for i in range(len(ds))]
+    return out
+
+# %% ../../nbs/16_tables.ipynb #5a160005
+SMOLLM_STATS = ("train_tokens_per_s", "gen_tokens_per_s", "params_m", "peak_train_mb")
+_SMOL = dict(model="smollm2-135m", weight_decay=0.0)
+_SMOL_SMOKE = dict(model="test-llama", steps=2, batch=2, eval_batch=2, max_examples=4, max_eval_examples=2,
+                   blocks="last:1")
+TABLES.update({
+    "smollm": Table(
+        "smollm", ("bbc-brown-lm",), (), "task", 2, (2,), levels=LEVELS,
+        settings=dict(_SMOL, lr=2e-4, steps=8, batch=4, eval_batch=4, max_examples=200, max_eval_examples=12,
+                      max_length=256),
+        expert=dict(blocks="every:6"), zero_shot=True, stats=SMOLLM_STATS, seeds=(42, 43), fresh=True,
+        smoke=dict(_SMOL_SMOKE, max_length=64), smoke_runs=(("token", 2), ("sequence", 2), ("task", 2)),
+        note="zero-shot: the pretrained model untrained; params_m: parameters (millions); peak_train_mb: peak "
+             "memory of training (resident set on a CPU, one run per process)."),
+    "smollm-summ": Table(
+        "smollm-summ", ("bbc-xsum",), (), "sequence", 2, (2,), levels=("sequence", "token"),
+        settings=dict(_SMOL, lr=2e-4, steps=10, batch=4, eval_batch=8, max_examples=80, max_eval_examples=24,
+                      max_length=192, max_target_length=40, no_repeat_ngram_size=None),
+        expert=dict(blocks="every:6"), baselines=("lead",), stats=SMOLLM_STATS, seeds=(42,), fresh=True,
+        examples=8, smoke=dict(_SMOL_SMOKE, max_length=48, max_target_length=8, eval_batch=4, max_eval_examples=4),
+        smoke_runs=(("sequence", 2), ("token", 2)),
+        note="lead: the first sentence of the body as the summary (no model)."),
+})
+
 # %% ../../nbs/16_tables.ipynb #78a85ea5
 def settings_table(name: str):
     "The paper configuration (the authors' scripts, PAPER.md) and the offline one of table `name`, side by side."
     import pandas as pd
     t = _table(name)
     def col(task, config):
-        c = make_config(task, config)
+        c = make_config(task, config, **({**t.settings, **t.expert} if config == "offline" else {}))
         gen = ("greedy" if not c.num_beams or c.num_beams == 1 else f"{c.num_beams} beams") + (
               f", max length {c.max_target_length}" if c.max_target_length else "") + (
               f", min length {c.min_target_length}" if c.min_target_length else "") + (
@@ -336,8 +440,8 @@ def settings_table(name: str):
                 "stride (QA windows)": c.stride if kind == "qa" else "", "generation": gen if kind != "lm" else
                 f"probe: greedy, {GENERATION_PROBE['new_tokens']} tokens",
                 "routing level, n, k": f"{t.level}, {c.n_experts}, {t.k}", "k of the table": ", ".join(map(str, t.ks))}
-    return pd.DataFrame({"paper (authors' scripts)": col(t.paper_tasks[0], "paper"),
-                         "offline (this table)": col(t.tasks[0], "offline")})
+    paper = {"paper (authors' scripts)": col(t.paper_tasks[0], "paper")} if t.paper_tasks else {}
+    return pd.DataFrame({**paper, "offline (this table)": col(t.tasks[0], "offline")})
 
 # %% ../../nbs/16_tables.ipynb #8941ab7a
 def size_table(name: str, steps: int = 4, eval_examples: int = 16, out_dir=None, **settings):
@@ -347,10 +451,10 @@ def size_table(name: str, steps: int = 4, eval_examples: int = 16, out_dir=None,
     with tempfile.TemporaryDirectory(prefix="meo-size-") as tmp:
         for g in table_grid(name, "full", seeds=(42,), steps=steps, max_eval_examples=eval_examples, **settings):
             r = run(**g, out_dir=out_dir or tmp, progress=False, verbose=False)
-            tr, ev, gen = r["train"], r["eval"], r.get("generate") or {}
+            tr, ev, gen = r["train"] or {"steps": 0, "runtime_s": 0.0}, r["eval"], r.get("generate") or {}
             probe = gen.get("runtime_s", 0.0) if task_info(g["task"]).kind == "lm" else 0.0
-            rows.append(dict(method=g["method"], level=g.get("level"), k=g.get("k"), steps=tr["steps"],
-                             step_s=tr["runtime_s"] / tr["steps"], eval_rows=ev["examples"],
+            rows.append(dict(method=row_method(r), level=g.get("level"), k=g.get("k"), steps=tr["steps"],
+                             step_s=tr["runtime_s"] / max(1, tr["steps"]), eval_rows=ev["examples"],
                              row_s=ev["runtime_s"] / ev["examples"], probe_s=probe,
                              t0_s=r["wall_s"] - tr["runtime_s"] - ev["runtime_s"] - probe, threads=r["threads"]))
     return pd.DataFrame(rows)
@@ -361,7 +465,7 @@ def preset_rows(name: str, **settings) -> dict:
     if len(t.tasks) != 1:
         raise ValueError(f"table {name!r} has {len(t.tasks)} tasks: preset_rows sizes one-task tables")
     task = t.tasks[0]
-    cfg = make_config(task, **settings)
+    cfg = make_config(task, **{**t.settings, **t.expert, **settings})
     tt, spec, info = task_type(task_info(task).kind), model_spec(cfg.model), task_info(task)
     dsd = load_task(task, {s: n for s, n in (("train", cfg.max_examples), ("validation", cfg.max_eval_examples)) if n})
     tok = tt.tokenizer(spec)
@@ -371,17 +475,26 @@ def preset_rows(name: str, **settings) -> dict:
     rows = len(set(evald["example"])) if "example" in evald.column_names else len(evald)
     return {"steps": steps, "eval_rows": rows, "train_rows": len(train), "eval_windows": len(evald)}
 
-def estimate_table(name: str, sizing, jobs: int = 2, seeds: int = len(TABLE_SEEDS), **settings):
+def estimate_table(name: str, sizing, jobs: int = 2, seeds: int | None = None, **settings):
     "(estimated seconds of each configuration's run, estimated minutes of the full table with `jobs` workers)."
+    # seeds: how many (default: the table's); a zero-shot row runs once
+    seeds = seeds or len(_table(name).seeds or TABLE_SEEDS)
     n = preset_rows(name, **settings)
-    est = sizing.assign(est_s=sizing.t0_s + n["steps"] * sizing.step_s + n["eval_rows"] * sizing.row_s + sizing.probe_s)
-    return est, float(est.est_s.sum() * seeds / jobs / 60)
+    trained = sizing.method != "zero-shot"
+    est = sizing.assign(est_s=sizing.t0_s + trained * n["steps"] * sizing.step_s + n["eval_rows"] * sizing.row_s
+                        + sizing.probe_s)
+    return est, float((est.est_s * np.where(trained, seeds, 1)).sum() / jobs / 60)
 
 # %% ../../nbs/16_tables.ipynb #bc3d6e7a
 def _none_or_int(s: str):
     if s.lower() in ("all", "none"): return None
     try: return int(s)
     except ValueError: raise argparse.ArgumentTypeError(f"expected an integer or 'all', got {s!r}") from None
+
+def _blocks(s: str):
+    "--blocks: 'every:S', 'first:N', 'last:N', or comma-separated block indices (a list)."
+    if re.fullmatch(r"-?\d+(,-?\d+)*", s): return [int(v) for v in s.split(",")]
+    return s
 
 S = argparse.SUPPRESS                # an option not given keeps the preset's value: it is not passed at all
 
@@ -424,6 +537,8 @@ def _layer_options(x):
     x.add_argument("--segment-len", dest="segment_len", type=int, default=S, help="causal routing: tokens per segment")
     x.add_argument("--causal", action=argparse.BooleanOptionalAction, default=S, help="route as a causal decoder")
     x.add_argument("--targets", nargs="+", default=S, help="module names or regexes of the projections to convert")
+    x.add_argument("--blocks", type=_blocks, default=S,
+                   help="the blocks that get experts: every:S, first:N, last:N or indices such as 0,5,-1")
     x.add_argument("--merge", choices=("auto", "gemm", "gather"), default=S, help="MEO merge")
     x.add_argument("--block", type=int, default=S, help="MEO: output rows merged at a time")
     x.add_argument("--backend", default=S, help="MEO: the merged product's backend (meo.ops: torch, triton, reference)")
@@ -460,10 +575,12 @@ def _output_options(o):
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="meo-run", description="Train and evaluate dense/MoE/MEO models: one run "
-        "(meo-run TASK), a table (meo-run glue|wikitext|squad|xsum [--full]), or list what exists (meo-run list).",
+        "(meo-run TASK), a table (meo-run glue|wikitext|squad|xsum|smollm|smollm-summ [--full]), or list what exists "
+        "(meo-run list).",
         epilog="Results: one JSON per run under --out-dir (resumable); a table's CSV and plots under results/local/ "
                "(--csv elsewhere; the committed tables in results/ are rewritten only when --csv names them).")
-    p.add_argument("target", help="a task name (see `meo-run list`), a table (glue, wikitext, squad, xsum) or 'list'")
+    p.add_argument("target", help="a task name (see `meo-run list`), a table (glue, wikitext, squad, xsum, smollm, "
+                                  "smollm-summ) or 'list'")
     g = p.add_argument_group("run settings (default: the preset's)")
     _run_options(g)
     _layer_options(p.add_argument_group("expert layers (meo.MEOConfig; default: its defaults)"))

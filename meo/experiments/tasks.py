@@ -13,10 +13,10 @@ from .zoo import ModelSpec, model_spec, quiet_transformers, load_pretrained
 from .metrics import METRICS, token_nll, perplexity, exact_match, qa_f1, rouge
 
 # %% auto #0
-__all__ = ['TASK_TYPES', 'GENERATION_PROBE', 'TaskType', 'register_task_type', 'task_type', 'SequenceTask', 'ordered_batches',
-           'generation_probe', 'CausalLMTask', 'target_ids', 'generation_kwargs', 'generate_rows', 'generation_stats',
-           'Seq2SeqTask', 'seq2seq_cost', 'generates_answers', 'best_spans', 'encode_windows', 'extract_spans',
-           'best_answers', 'QATask', 'generation_check']
+__all__ = ['TASK_TYPES', 'GENERATION_PROBE', 'SUMMARY_PROMPT', 'TaskType', 'register_task_type', 'task_type', 'SequenceTask',
+           'ordered_batches', 'generation_probe', 'CausalLMTask', 'target_ids', 'generation_kwargs', 'generate_rows',
+           'generation_stats', 'prompt_rows', 'PromptCollator', 'Seq2SeqTask', 'seq2seq_cost', 'generates_answers',
+           'best_spans', 'encode_windows', 'extract_spans', 'best_answers', 'QATask', 'generation_check']
 
 # %% ../../nbs/14_tasks.ipynb #0c8b6015
 class TaskType:
@@ -181,10 +181,15 @@ class CausalLMTask(TaskType):
         L, eos = cfg.max_length, tok.eos_token_id
         def group(batch):
             with quiet_transformers(): ids = tok(batch["text"])["input_ids"]   # (no warning on long texts)
-            flat = [t for seq in ids for t in seq + [eos]]
-            blocks = [flat[i:i + L] for i in range(0, len(flat) // L * L, L)]
+            corpus = batch.get("corpus") or [None] * len(ids)
+            blocks, tags = [], []
+            for c in dict.fromkeys(corpus):                                   # blocks never cross two corpora
+                flat = [t for seq, cc in zip(ids, corpus) if cc == c for t in seq + [eos]]
+                blocks += [flat[i:i + L] for i in range(0, len(flat) // L * L, L)]
+                tags += [c] * (len(blocks) - len(tags))
             out = {"input_ids": blocks, "attention_mask": [[1] * L for _ in blocks],
                    "labels": [list(b) for b in blocks], "length": [L] * len(blocks)}
+            if corpus[0] is not None: out["corpus"] = tags
             if task_ids: out["task_ids"] = [cfg.task_id] * len(blocks)
             return out
         return ds.map(group, batched=True, batch_size=None, remove_columns=ds.column_names,
@@ -196,18 +201,24 @@ class CausalLMTask(TaskType):
 
     def evaluate(self, trainer, ds, info, cfg) -> tuple[dict, dict]:
         model = trainer.model.eval()
-        nll, n, t0 = 0.0, 0, time.perf_counter()
+        corpus = ds["corpus"] if "corpus" in ds.column_names else [None] * len(ds)
+        nll, n, row, t0 = {}, {}, 0, time.perf_counter()                  # by corpus
         with torch.no_grad():
             for batch in ordered_batches(trainer, ds):
                 batch = trainer._prepare_inputs(batch)
                 labels = batch.pop("labels")
-                s, c = token_nll(model(**batch).logits, labels)
-                nll, n = nll + s, n + c
+                logits = model(**batch).logits
+                for b in range(len(labels)):
+                    s, c = token_nll(logits[b:b + 1], labels[b:b + 1])
+                    nll[corpus[row]] = nll.get(corpus[row], 0.0) + s; n[corpus[row]] = n.get(corpus[row], 0) + c
+                    row += 1
         runtime = time.perf_counter() - t0
         gen, texts = generation_probe(model, ds, trainer.processing_class, cfg)
-        return {"perplexity": perplexity(nll, n)}, {
-            "eval_loss": nll / n, "eval_runtime": runtime, "eval_samples_per_second": len(ds) / runtime,
-            "eval_tokens": n, "generate": gen, "predictions": texts}
+        total, tokens = sum(nll.values()), sum(n.values())
+        metrics = {"perplexity": perplexity(total, tokens)}
+        metrics.update({f"perplexity_{c}": perplexity(nll[c], n[c]) for c in nll if c is not None})
+        return metrics, {"eval_loss": total / tokens, "eval_runtime": runtime, "eval_tokens": tokens,
+                         "eval_samples_per_second": len(ds) / runtime, "generate": gen, "predictions": texts}
 
     def flops(self, model, cfg, seq_len: int, ds=None) -> float | None:
         from meo.flops import gpt2_cost
@@ -240,7 +251,8 @@ def generation_kwargs(cfg) -> dict:
 def generate_rows(trainer, ds, cfg, scores: bool = False) -> dict:
     "Generate for every row of `ds`: texts, per-row mean log-probability (if `scores`), throughput."
     model, tok = trainer.model.eval(), trainer.processing_class
-    kw = generation_kwargs(cfg)
+    kw, prompted = generation_kwargs(cfg), not model.config.is_encoder_decoder     # prompted: a decoder-only LM
+    if prompted: kw["max_new_tokens"], kw["min_new_tokens"] = kw.pop("max_length"), kw.pop("min_length")
     pad = model.generation_config.pad_token_id
     texts, logp, new_tokens, t0 = [], [], 0, time.perf_counter()
     with torch.no_grad():
@@ -249,10 +261,11 @@ def generate_rows(trainer, ds, cfg, scores: bool = False) -> dict:
             batch.pop("labels", None); tids = batch.pop("task_ids", None)
             with _with_task_ids(model, tids):
                 out = model.generate(**batch, **kw, return_dict_in_generate=True, output_scores=scores)
-            seqs = out.sequences[:, 1:]                           # without the decoder start token
+            seqs = out.sequences[:, batch["input_ids"].shape[1] if prompted else 1:]   # without prompt / start token
             live = seqs != pad
             new_tokens += int(live.sum())
-            texts += tok.batch_decode(seqs, skip_special_tokens=True)
+            decoded = tok.batch_decode(seqs, skip_special_tokens=True)
+            texts += [t.strip().split("\n")[0] for t in decoded] if prompted else decoded     # a prompted LM: one line
             if scores:
                 if kw["num_beams"] > 1: logp += out.sequences_scores.tolist()
                 else:
@@ -267,6 +280,35 @@ def generation_stats(g: dict, examples: int, predictions: list) -> dict:
             "eval_examples": examples, "predictions": predictions,
             "generate": {"examples": examples, "new_tokens": g["new_tokens"], "runtime_s": g["runtime_s"],
                          "tokens_per_s": g["new_tokens"] / g["runtime_s"], "examples_per_s": examples / g["runtime_s"]}}
+
+# %% ../../nbs/14_tasks.ipynb #5a140002
+SUMMARY_PROMPT = ("Article: ", "\n\nOne-sentence summary:")
+
+def prompt_rows(tok, sources: list[str], targets: list[str], cfg, training: bool) -> dict:
+    "Decoder-only summarization rows: prompt + target with prompt-masked labels (`training`), else the prompt alone."
+    piece = lambda s: tok(s, add_special_tokens=False)["input_ids"]
+    with quiet_transformers():
+        src = tok(sources, add_special_tokens=False, truncation=True, max_length=cfg.max_length)["input_ids"]
+    head, tail = piece(SUMMARY_PROMPT[0]), piece(SUMMARY_PROMPT[1])
+    prompts = [head + s + tail for s in src]
+    if not training: return {"input_ids": prompts, "attention_mask": [[1] * len(p) for p in prompts]}
+    tgt = target_ids(tok, [" " + t for t in targets], cfg.max_target_length or cfg.max_length)
+    ids = [p + t for p, t in zip(prompts, tgt)]
+    return {"input_ids": ids, "attention_mask": [[1] * len(x) for x in ids],
+            "labels": [[-100] * len(p) + t for p, t in zip(prompts, tgt)]}
+
+class PromptCollator:
+    "Pads rows of `prompt_rows`: with labels (training) on the right, without (prompts to generate from) on the left."
+    def __init__(self, tok): self.tok = tok
+
+    def __call__(self, rows: list[dict]) -> dict:
+        L, left = max(len(r["input_ids"]) for r in rows), "labels" not in rows[0]
+        fill = lambda x, v: [v] * (L - len(x)) + list(x) if left else list(x) + [v] * (L - len(x))
+        out = {"input_ids": [fill(r["input_ids"], self.tok.pad_token_id) for r in rows],
+               "attention_mask": [fill([1] * len(r["input_ids"]), 0) for r in rows]}
+        if not left: out["labels"] = [fill(r["labels"], -100) for r in rows]
+        out.update({k: [r[k] for r in rows] for k in rows[0] if k not in out})       # task ids, ...
+        return {k: torch.tensor(v) for k, v in out.items()}
 
 # %% ../../nbs/14_tasks.ipynb #deec551e
 class Seq2SeqTask(TaskType):
@@ -284,20 +326,35 @@ class Seq2SeqTask(TaskType):
                       k=2, level="sequence"),
     }
 
+    def load_model(self, spec: ModelSpec, info, name: str = ""):
+        "An encoder-decoder, or a decoder-only LM (`AutoModelForCausalLM`) that summarizes after `SUMMARY_PROMPT`."
+        if spec.build is None and not generates_answers(spec, name): return CausalLMTask().load_model(spec, info, name)
+        return super().load_model(spec, info, name)
+
+    def prompted(self, cfg) -> bool:
+        "Whether the run's model is decoder-only (read once per model and process)."
+        if cfg.model not in self._prompted:
+            self._prompted[cfg.model] = not generates_answers(model_spec(cfg.model), cfg.model)
+        return self._prompted[cfg.model]
+    _prompted: dict = {}
+
     def preprocess(self, ds, tok, info, cfg, task_ids: bool, training: bool = False):
-        tl = cfg.max_target_length or cfg.max_length
+        tl, prompted = cfg.max_target_length or cfg.max_length, self.prompted(cfg)
         def encode(batch):
-            enc = tok(batch["source"], truncation=True, max_length=cfg.max_length, return_token_type_ids=False)
-            enc["labels"] = target_ids(tok, batch["target"], tl)
+            if prompted: enc = prompt_rows(tok, batch["source"], batch["target"], cfg, training)
+            else: enc = tok(batch["source"], truncation=True, max_length=cfg.max_length, return_token_type_ids=False)
+            if not prompted: enc["labels"] = target_ids(tok, batch["target"], tl)
             enc["length"] = [len(x) for x in enc["input_ids"]]
             enc["references"] = [[t] for t in batch["target"]]
             if task_ids: enc["task_ids"] = [cfg.task_id] * len(enc["length"])
             return dict(enc)
         return ds.map(encode, batched=True, remove_columns=ds.column_names,
-                      new_fingerprint=_fingerprint(ds, tok.name_or_path, cfg.max_length, tl, task_ids and cfg.task_id))
+                      new_fingerprint=_fingerprint(ds, tok.name_or_path, cfg.max_length, tl, task_ids and cfg.task_id,
+                                                   *(("prompt", SUMMARY_PROMPT, training) if prompted else ())))
 
     def collator(self, tok, cfg):
         from transformers import DataCollatorForSeq2Seq
+        if self.prompted(cfg): return PromptCollator(tok)
         return DataCollatorForSeq2Seq(tok, label_pad_token_id=-100)
 
     def evaluate(self, trainer, ds, info, cfg) -> tuple[dict, dict]:
@@ -308,6 +365,7 @@ class Seq2SeqTask(TaskType):
 
     def flops(self, model, cfg, seq_len: int, ds=None) -> float | None:
         "Forward GFLOPs of one example: the source of `seq_len` tokens, the mean target (teacher-forced)."
+        if not model.config.is_encoder_decoder: return None                # a prompted decoder-only LM: not counted
         tgt = max(1, round(float(np.mean([len(l) for l in ds["labels"]])))) if ds is not None and len(ds) else 1
         expert = {} if cfg.method == "dense" else dict(n_experts=cfg.n_experts, k=cfg.k, level=cfg.level)
         return seq2seq_cost(model.config, src_len=seq_len, tgt_len=tgt, method=cfg.method, **expert)

