@@ -63,12 +63,28 @@ def _bench_layer():
     layer = _csv("bench_layer.csv")
     return layer.pivot_table(index=["pass", "level", "method"], columns="k", values="ratio_to_dense", sort=False).map(lambda v: f"{v:.2f}")
 
-def _bench_model():
-    model = _csv("bench_model.csv").sort_values(["k", "pass"], kind="stable", ignore_index=True)
-    fmt = dict(ms="{:,.0f}", ratio_to_dense="{:.2f}", samples_per_s="{:.2f}", saved_mb="{:,.0f}", peak_mb="{:,.0f}", params_mb="{:,.0f}")
-    out = model[["method", "k", "pass", *fmt]].set_index(["method", "k", "pass"]).astype(object)
-    for c, f in fmt.items(): out[c] = ["–" if v != v else f.format(v) for v in model[c]]
+def _formatted(df, index, fmt):
+    "Columns `fmt` of `df` formatted (missing: –), indexed by `index`; only the columns the CSV has."
+    fmt = {c: f for c, f in fmt.items() if c in df.columns}
+    out = df[[*index, *fmt]].set_index(index).astype(object)
+    for c, f in fmt.items(): out[c] = ["–" if v != v else f.format(v) for v in df[c]]
     return out
+
+def _bench_layer_bound():
+    layer = _csv("bench_layer.csv")
+    layer["of_bound"] = layer.ms / layer.roofline_ms
+    return layer.pivot_table(index=["pass", "level", "method"], columns="k", values="of_bound", sort=False).map(lambda v: f"{v:.2f}")
+
+def _bench_model():
+    model = _csv("bench_model.csv").sort_values(["level", "k", "pass"], kind="stable", ignore_index=True)
+    return _formatted(model, ["level", "method", "k", "pass"], dict(
+        ms="{:,.0f}", ratio_to_dense="{:.2f}", roofline_ms="{:,.0f}", roofline_ratio="{:.2f}", samples_per_s="{:.2f}",
+        saved_mb="{:,.0f}", peak_mb="{:,.0f}", params_mb="{:,.0f}"))
+
+def _bench_serving():
+    serving = _csv("bench_serving.csv")
+    return _formatted(serving, ["method", "mode"], dict(ms="{:,.0f}", samples_per_s="{:.2f}", ratio_to_dense="{:.2f}",
+                                                        ratio_to_eager="{:.2f}", setup_s="{:.1f}"))
 
 def _smollm(name, csv):
     import meo.experiments.tables as E
@@ -99,8 +115,12 @@ TABLES = {
     "flops-models": ("`results/flops_models.csv`, made by `python -m meo.flops results`", "GFLOPs at the authors' $k$", _flops_models),
     "bench-layer": ("`results/bench_layer.csv`, made by `python -m meo.bench.cpu` (the command: `results/bench_machine.json`)",
                     "time relative to the dense block", _bench_layer),
-    "bench-model": ("`results/bench_model.csv`, made by `python -m meo.bench.cpu --model-ks ...` (below)",
+    "bench-layer-bound": ("`results/bench_layer.csv`, made by `python -m meo.bench.cpu` (the command: `results/bench_machine.json`)",
+                          "measured time over the roofline bound (`ms / roofline_ms`)", _bench_layer_bound),
+    "bench-model": ("`results/bench_model.csv`, made by `python -m meo.bench.cpu` (the command: `results/bench_machine.json`)",
                     "whole BERT-base, batch 16, 128 tokens", _bench_model),
+    "bench-serving": ("`results/bench_serving.csv`, made by `python -m meo.bench.cpu` (the command: `results/bench_machine.json`)",
+                      "whole BERT-base, sequence level, k = 4, batch 16, 128 tokens, `no_grad`", _bench_serving),
     "smollm": (f"`results/smollm_offline.csv` and `smollm_offline_speed.csv`, made by {_SMOLLM_CMD}",
                "`meo.experiments.tables.summary_table`", lambda: _smollm("smollm", "smollm_offline"),
                {"needs": ["smollm_offline.csv", "smollm_offline_speed.csv"], "figure": "smollm_offline.png"}),

@@ -322,9 +322,6 @@ def plot_layer(df, path=None):
     if path: fig.savefig(path, dpi=110)
     return fig
 
-# %% ../../nbs/20_bench_cpu.ipynb #0ffd42e3
-#| export
-
 # %% ../../nbs/20_bench_cpu.ipynb #4f95bdc8
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m meo.bench.cpu", description="Wall-clock and memory of dense, MoE "
