@@ -523,7 +523,9 @@ def _decode(layer: MEOLinear, h: Tensor, r: Routing, store: dict) -> Tensor | No
     B, T = h.shape[:2]
     if r.grouping == "runs" and T != 1: return None                           # a prompt: several segments
     eg = r.group[:, 0] if r.grouping == "runs" else r.rows()                   # (B,) each example's gate row
-    key = torch.cat([r.index.to(r.gate.dtype), r.gate], 1)                    # (G, 2k): experts and gates
+    # the rows in use only: a causal router also routes the segment after the current one, whose prefix changes
+    # with every token, and keying on it would merge anew at every step
+    key = torch.cat([r.index[eg].to(r.gate.dtype), r.gate[eg]], 1)            # (B, 2k): experts and gates
     uniq, inv = torch.unique(key, dim=0, return_inverse=True)                 # distinct routings (beams share)
     name, version = getattr(layer, "_meo_name", id(layer)), (layer.weight._version, h.dtype)
     ent = store.get(name)
@@ -533,7 +535,7 @@ def _decode(layer: MEOLinear, h: Tensor, r: Routing, store: dict) -> Tensor | No
         ui, ug = uniq[:, :layer.k].long(), uniq[:, layer.k:]
         W, b = layer.weight.to(h.dtype), None if layer.bias is None else layer.bias.to(h.dtype)
         ent = store[name] = (uniq, version, ops.merge(W, ui, ug), None if b is None else ops.merge(b, ui, ug))
-    return apply_rows(h, ent[2], ent[3], inv[eg])
+    return apply_rows(h, ent[2], ent[3], inv)
 
 # %% ../nbs/04_convert.ipynb #6c136db7
 def load_state(path) -> dict:

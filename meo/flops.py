@@ -215,9 +215,9 @@ def bart_cost(config, batch: int = 1, src_len: int = 1024, tgt_len: int = 128, m
               head: str | None = "lm", **expert) -> Cost:
     "Forward cost of a Hugging Face BART (`BartConfig`) on src_len source and tgt_len target tokens."
     d, he, hd = config.d_model, config.encoder_attention_heads, config.decoder_attention_heads
-    return encoder_decoder_cost(config.encoder_layers, config.decoder_layers, d, config.encoder_ffn_dim, config.decoder_ffn_dim,
-                    he, hd, d // he, d // hd, config.vocab_size, batch, src_len, tgt_len, method, head, False, True,
-                    expert)
+    return encoder_decoder_cost(config.encoder_layers, config.decoder_layers, d, config.encoder_ffn_dim,
+                                config.decoder_ffn_dim, he, hd, d // he, d // hd, config.vocab_size, batch, src_len,
+                                tgt_len, method, head, False, True, expert)
 
 # %% ../nbs/07_flops.ipynb #44dae995
 MODEL_COSTS = {"bert": bert_cost, "gpt2": gpt2_cost, "t5": t5_cost, "bart": bart_cost}

@@ -81,6 +81,7 @@ SOURCES = {
                       "data, never imported)", "Apache-2.0"),
 }
 
+# %% ../../nbs/10_fetch.ipynb #20ec8ab7
 def _source(name: str) -> Source:
     if name not in SOURCES:
         raise ValueError(f"source {name!r} is unknown: expected one of {', '.join(map(repr, SOURCES))}")

@@ -489,7 +489,8 @@ def plan_workers(configs: list[RunConfig], jobs: int | None = None, threads: int
     why = (f"{cores} cores; {_gb(free)} of memory ({source}) holds {fit} run{'s' * (fit > 1)} of up to "
            f"{_gb(m['total'])} at once" + (f"; {jobs} jobs asked" if jobs and jobs > n else ""))
     where = "in this process" if jobs == 1 and not fresh else \
-            f"in {n} worker process{'es' * (n > 1)} of {threads} thread(s)" + (", a new one for each run" if fresh else "")
+            f"in {n} worker process{'es' * (n > 1)} of {threads} thread(s)" + \
+            (", a new one for each run" if fresh else "")
     return n, threads, f"{where} ({why})"
 
 # %% ../../nbs/15_runner.ipynb #53c389f8

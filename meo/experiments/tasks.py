@@ -164,6 +164,22 @@ def generation_probe(model, ds, tok, cfg, **probe) -> tuple[dict, list]:
              "tokens_per_s": new.numel() / runtime, "examples_per_s": len(ids) / runtime},
             tok.batch_decode(new, skip_special_tokens=True))
 
+# %% ../../nbs/14_tasks.ipynb #e0cbd25a
+def _corpus_nll(trainer, model, ds) -> tuple[dict, dict, float]:
+    "Summed token NLL and predicted tokens per corpus over the evaluation blocks `ds`, and the seconds it took."
+    corpus = ds["corpus"] if "corpus" in ds.column_names else [None] * len(ds)
+    nll, n, row, t0 = {}, {}, 0, time.perf_counter()
+    with torch.no_grad():
+        for batch in ordered_batches(trainer, ds):
+            batch = trainer._prepare_inputs(batch)
+            labels = batch.pop("labels")
+            logits = model(**batch).logits
+            for b in range(len(labels)):
+                s, c = token_nll(logits[b:b + 1], labels[b:b + 1])
+                nll[corpus[row]] = nll.get(corpus[row], 0.0) + s; n[corpus[row]] = n.get(corpus[row], 0) + c
+                row += 1
+    return nll, n, time.perf_counter() - t0
+
 # %% ../../nbs/14_tasks.ipynb #e0cbd25b
 class CausalLMTask(TaskType):
     "Causal language modelling (GPT-2): texts grouped into blocks; perplexity; a generation-throughput probe."
@@ -201,18 +217,7 @@ class CausalLMTask(TaskType):
 
     def evaluate(self, trainer, ds, info, cfg) -> tuple[dict, dict]:
         model = trainer.model.eval()
-        corpus = ds["corpus"] if "corpus" in ds.column_names else [None] * len(ds)
-        nll, n, row, t0 = {}, {}, 0, time.perf_counter()                  # by corpus
-        with torch.no_grad():
-            for batch in ordered_batches(trainer, ds):
-                batch = trainer._prepare_inputs(batch)
-                labels = batch.pop("labels")
-                logits = model(**batch).logits
-                for b in range(len(labels)):
-                    s, c = token_nll(logits[b:b + 1], labels[b:b + 1])
-                    nll[corpus[row]] = nll.get(corpus[row], 0.0) + s; n[corpus[row]] = n.get(corpus[row], 0) + c
-                    row += 1
-        runtime = time.perf_counter() - t0
+        nll, n, runtime = _corpus_nll(trainer, model, ds)
         gen, texts = generation_probe(model, ds, trainer.processing_class, cfg)
         total, tokens = sum(nll.values()), sum(n.values())
         metrics = {"perplexity": perplexity(total, tokens)}
