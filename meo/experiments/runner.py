@@ -664,6 +664,7 @@ class _Workers:
     def start(self):
         import meo.experiments.runner as R                # by name: also when the grid runs from this notebook
         here, there = self.ctx.Pipe()
+        os.makedirs(self.tmp, exist_ok=True)              # (the last worker to leave removes the table's folder)
         tmp = tempfile.mkdtemp(prefix=f"w{self.started}-", dir=self.tmp)     # its own, in the table's
         p = self.ctx.Process(target=R._worker, args=(there, os.getpid(), self.threads, tmp), daemon=True,
                              name=f"meo-worker-{self.started}")

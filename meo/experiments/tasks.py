@@ -404,8 +404,8 @@ def _cut(texts: list[str], tok, n: int) -> list[str]:
 
 def generates_answers(spec: ModelSpec, name: str = "") -> bool:
     "Whether the model of `spec` is an encoder-decoder (answers are generated) rather than an encoder (extracted)."
-    if spec.build is not None:
-        with quiet_transformers(): return bool(spec.build().config.is_encoder_decoder)
+    # `build` makes an encoder-decoder warm start (`ModelSpec.build`); building it to ask can mean pretraining first
+    if spec.build is not None: return True
     if spec.config is not None: return bool(spec.config().is_encoder_decoder)
     from transformers import AutoConfig
     config = load_pretrained(lambda: AutoConfig.from_pretrained(spec.weights()), name, "config")

@@ -27,7 +27,7 @@ class ModelSpec:
     weights: Callable[[], str] | None = None     # -> folder or hub id of pretrained weights
     config: Callable[[], object] | None = None   # -> a transformers config, to build the model from scratch
     tokenizer: Callable[[], str] | None = None   # -> tokenizer folder or hub id (default: the weights)
-    build: Callable[[], object] | None = None    # -> the model itself (e.g. an encoder-decoder warm-started)
+    build: Callable[[], object] | None = None    # -> the model itself: an encoder-decoder warm-started from others
     description: str = ""
 
     def tokenizer_source(self) -> str:
