@@ -333,7 +333,7 @@ class Seq2SeqTask(TaskType):
 
     def load_model(self, spec: ModelSpec, info, name: str = ""):
         "An encoder-decoder, or a decoder-only LM (`AutoModelForCausalLM`) that summarizes after `SUMMARY_PROMPT`."
-        if spec.build is None and not generates_answers(spec, name): return CausalLMTask().load_model(spec, info, name)
+        if not generates_answers(spec, name): return CausalLMTask().load_model(spec, info, name)
         return super().load_model(spec, info, name)
 
     def prompted(self, cfg) -> bool:
@@ -509,7 +509,7 @@ class QATask(Seq2SeqTask):
         return self._generative[cfg.model]
 
     def load_model(self, spec, info, name: str = ""):
-        if spec.build is not None or generates_answers(spec, name): return super().load_model(spec, info, name)
+        if generates_answers(spec, name): return super().load_model(spec, info, name)
         from transformers import AutoModelForQuestionAnswering as Auto
         if spec.config is not None: return Auto.from_config(spec.config())
         return load_pretrained(lambda: Auto.from_pretrained(spec.weights()), name, "weights")
