@@ -86,6 +86,19 @@ def _bench_serving():
     return _formatted(serving, ["method", "mode"], dict(ms="{:,.0f}", samples_per_s="{:.2f}", ratio_to_dense="{:.2f}",
                                                         ratio_to_eager="{:.2f}", setup_s="{:.1f}"))
 
+def _bench_parts():
+    parts = _csv("bench_parts.csv")
+    t = parts.pivot_table(index=["d_in", "d_out", "k"], columns="part", values="ratio_to_dense", sort=False)
+    t["product + merge"] = t["product"] + t["merge"]
+    return t[["dense", "product", "merge", "product + merge", "meo"]].map(lambda v: f"{v:.2f}")
+
+def _bench_smollm():
+    s = _csv("bench_smollm.csv")
+    s["k"] = ["–" if v != v else f"{v:.0f}" for v in s.k]
+    s["level"] = s.level.fillna("–")
+    return _formatted(s, ["blocks", "method", "level", "k", "pass_"], dict(
+        ms="{:,.0f}", per_s="{:.1f}", vs_dense="{:.2f}", params_m="{:.0f}"))
+
 def _smollm(name, csv):
     import meo.experiments.tables as E
     return E.summary_table(name, _csv(f"{csv}.csv"), _csv(f"{csv}_speed.csv"))
@@ -121,6 +134,13 @@ TABLES = {
                     "whole BERT-base, batch 16, 128 tokens", _bench_model),
     "bench-serving": ("`results/bench_serving.csv`, made by `python -m meo.bench.cpu` (the command: `results/bench_machine.json`)",
                       "whole BERT-base, sequence level, k = 4, batch 16, 128 tokens, `no_grad`", _bench_serving),
+    "bench-parts": ("`results/bench_parts.csv`, made by `python -m meo.bench.cpu --threads 1 --no-layer --no-model "
+                    "--no-serving --parts`", "one sequence-level projection, batch 16, 128 tokens, $n = 16$: time "
+                    "relative to the dense projection", _bench_parts, {"needs": ["bench_parts.csv"]}),
+    "bench-smollm": ("`results/bench_smollm.csv`, made by `python -m meo.bench.cpu --threads 2 --repeats 4 --no-layer "
+                     "--no-model --no-serving --smollm --smollm-blocks all every:6`",
+                     "SmolLM2-135M's shape, float32, random weights: training step on 4 x 256 tokens, generate() of "
+                     "8 x 48 new tokens; tokens/s", _bench_smollm, {"needs": ["bench_smollm.csv"]}),
     "smollm": (f"`results/smollm_offline.csv` and `smollm_offline_speed.csv`, made by {_SMOLLM_CMD}",
                "`meo.experiments.tables.summary_table`", lambda: _smollm("smollm", "smollm_offline"),
                {"needs": ["smollm_offline.csv", "smollm_offline_speed.csv"], "figure": "smollm_offline.png"}),

@@ -14,9 +14,9 @@ from ..layers import MoELinear, MEOLinear
 from ..flops import linear_cost
 
 # %% auto #0
-__all__ = ['SERVING_MODES', 'timeit', 'saved_bytes', 'peak_memory', 'FFN', 'ffn_macs', 'machine_limits', 'roofline_ms',
-           'experts_read', 'ffn_roofline', 'model_roofline', 'side_by_side', 'bench_ffn', 'release_memory',
-           'bench_model', 'bench_serving', 'plot_layer', 'main']
+__all__ = ['SERVING_MODES', 'SMOLLM2_SHAPE', 'timeit', 'saved_bytes', 'peak_memory', 'FFN', 'ffn_macs', 'machine_limits',
+           'roofline_ms', 'experts_read', 'ffn_roofline', 'model_roofline', 'side_by_side', 'bench_ffn',
+           'projection_parts', 'release_memory', 'bench_model', 'bench_serving', 'bench_smollm', 'plot_layer', 'main']
 
 # %% ../../nbs/20_bench_cpu.ipynb #0d1d859c
 def timeit(fn, repeats: int = 5, warmup: int = 1) -> list[float]:
@@ -180,6 +180,34 @@ def bench_ffn(d: int = 768, d_ff: int = 3072, batch: int = 16, seq_len: int = 12
                     rows.append(row)
     return rows
 
+# %% ../../nbs/20_bench_cpu.ipynb #p4a7c002
+from ..routing import Routing
+from ..ops import merge, merged_product
+from ..ops.cpu import _Tiles, _blocks, merge_mode, tiling
+
+def projection_parts(d_in: int = 768, d_out: int = 3072, batch: int = 16, seq_len: int = 128, n_experts: int = 16,
+                     k: int = 4, repeats: int = 5, seed: int = 0) -> list[dict]:
+    "One sequence-level MEO projection taken apart (dense, product alone, merge alone, both): median ms side by side."
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch, seq_len, d_in, generator=gen)                     # (B, L, I)
+    E = torch.randn(n_experts, d_out, d_in, generator=gen)                   # (n, O, I)
+    top = torch.randn(batch, n_experts, generator=gen).topk(k, 1)
+    group = torch.arange(batch)[:, None].expand(batch, seq_len)              # example b uses gate row b
+    routing = Routing.make(top.indices, top.values.softmax(1), group, "example")
+    merged = merge(E, routing.index, routing.gate)                           # (G, O, I), for `product`
+    rows, cols = tiling(batch, d_out, d_in)
+
+    def merge_only():
+        tiles = _Tiles(E, routing.index, routing.gate, rows, cols, merge_mode("auto", n_experts, batch, k))
+        for o0, o1 in _blocks(d_out, rows):
+            for c in range(d_in // cols): tiles.tile(o0, o1, c)
+
+    fns = {"dense": lambda: F.linear(x, E[0]), "product": lambda: torch.bmm(x, merged.transpose(1, 2)),
+           "merge": merge_only, "meo": lambda: merged_product(x, E, None, routing, backend="torch")}
+    with torch.no_grad(): ms = side_by_side(fns, repeats)
+    return [dict(d_in=d_in, d_out=d_out, batch=batch, seq_len=seq_len, n_experts=n_experts, k=k, part=p,
+                 ms=round(ms[p], 3), ratio_to_dense=round(ms[p] / ms["dense"], 4), repeats=repeats) for p in fns]
+
 # %% ../../nbs/20_bench_cpu.ipynb #32a072ac
 import ctypes, ctypes.util, gc
 
@@ -304,6 +332,51 @@ def bench_serving(config=None, batch: int = 16, seq_len: int = 128, n_experts: i
                  setup_s=round(setup[m, mode], 1), batch=batch, seq_len=seq_len, n_experts=n_experts, repeats=repeats)
             for (m, mode), t_ in ms.items()]
 
+# %% ../../nbs/20_bench_cpu.ipynb #s5b1c002
+SMOLLM2_SHAPE = dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
+                     num_key_value_heads=3, vocab_size=49152, max_position_embeddings=8192, tie_word_embeddings=True,
+                     rms_norm_eps=1e-5, rope_theta=100000.0, bos_token_id=1, eos_token_id=2, pad_token_id=2)
+_TINY_LLAMA = dict(hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=2,
+                   num_key_value_heads=1, vocab_size=100)
+
+def bench_smollm(device="cuda", dtype=torch.bfloat16, ks=(2, 4), n: int = 8, levels=("sequence", "token"),
+                 blocks=None, batch: int = 8, seq_len: int = 512, gen_batch: int = 8, prompt: int = 48,
+                 new_tokens: int = 48, repeats: int = 5, dry_run: bool = False) -> list[dict]:
+    "Training tokens/s and generate() tokens/s of SmolLM2-135M's shape (random weights): dense, MoE, MEO."
+    import copy
+    from transformers import LlamaConfig, LlamaForCausalLM
+    from meo.convert import moefy
+    shape = dict(SMOLLM2_SHAPE, **(_TINY_LLAMA if dry_run else {}))
+    torch.manual_seed(0)
+    base = LlamaForCausalLM(LlamaConfig(**shape))
+    n, seq_len = (min(n, 4), min(seq_len, 32)) if dry_run else (n, seq_len)
+    gen = torch.Generator().manual_seed(0)
+    ids = torch.randint(3, shape["vocab_size"], (batch, seq_len), generator=gen).to(device)
+    prompt_ids = torch.randint(3, shape["vocab_size"], (gen_batch, prompt), generator=gen).to(device)
+    variants = [("dense", None, None)] + [(m, l, k) for l in levels for k in ks if k <= n for m in ("moe", "meo")]
+    rows, dense_rate = [], {}
+    for method, level, k in variants:
+        model = copy.deepcopy(base)
+        if method != "dense": moefy(model, method=method, n_experts=n, k=k, level=level, blocks=blocks)
+        model = model.to(device=device, dtype=dtype)
+        def train():
+            model.train()(input_ids=ids, labels=ids).loss.backward(); model.zero_grad(set_to_none=True)
+        def generate():
+            with torch.no_grad():
+                model.eval().generate(prompt_ids, attention_mask=torch.ones_like(prompt_ids), do_sample=False,
+                                      max_new_tokens=new_tokens, min_new_tokens=new_tokens, pad_token_id=2)
+        for pass_, fn, units in (("train", train, batch * seq_len), ("generate", generate, gen_batch * new_tokens)):
+            s = min(timeit(fn, repeats))
+            if method == "dense": dense_rate[pass_] = units / s
+            rows.append(dict(model="smollm2-135m", method=method, level=level, n_experts=None if k is None else n,
+                             k=k, blocks=str(blocks or "all"), pass_=pass_, ms=1e3 * s, per_s=units / s,
+                             unit="tokens", vs_dense=units / s / dense_rate[pass_],
+                             params_m=sum(p.numel() for p in model.parameters()) / 1e6, device=str(device),
+                             dtype=str(dtype).replace("torch.", ""), batch=batch, seq_len=seq_len))
+        del model
+        release_memory()
+    return rows
+
 # %% ../../nbs/20_bench_cpu.ipynb #a745845b
 import json, sys
 
@@ -344,6 +417,14 @@ def _parser() -> argparse.ArgumentParser:
                    help="time the whole model eager, compiled and exported (bench_serving CSV)")
     p.add_argument("--serving-level", default="sequence", choices=list(LEVELS))
     p.add_argument("--serving-k", type=int, default=4)
+    p.add_argument("--parts", action="store_true",
+                   help="also time one sequence-level projection taken apart (projection_parts): bench_parts CSV")
+    p.add_argument("--smollm", action="store_true",
+                   help="also SmolLM2-135M's shape, batch 4 x 256 (bench_smollm): bench_smollm CSV")
+    p.add_argument("--smollm-ks", type=int, nargs="+", default=[2, 4])
+    p.add_argument("--smollm-levels", nargs="+", default=["sequence", "token"], choices=list(LEVELS))
+    p.add_argument("--smollm-blocks", nargs="+", default=["all"],
+                   help="the blocks that get experts, one setting or several ('all', every:S, last:N, ...)")
     return p
 
 # %% ../../nbs/20_bench_cpu.ipynb #2d4a50cb
@@ -359,6 +440,28 @@ def _layer_sweep(a, out: Path, suffix: str, info: dict):
     for col in ("ratio_to_dense", "roofline_ratio"):
         print(col, layer.pivot_table(index=["pass", "level", "method"], columns="k", values=col, sort=False).round(2),
               sep="\n", flush=True)
+
+def _parts_sweep(a, out: Path, suffix: str):
+    "Both BERT-base projections (or tiny ones with --quick) taken apart at k = 2, 4, 16: the bench_parts CSV."
+    import pandas as pd
+    shapes = [(16, 64, 4, 8)] if a.quick else [(768, 3072, 16, 128), (3072, 768, 16, 128)]
+    parts = pd.DataFrame([r for d_in, d_out, B, L in shapes for k in ((2,) if a.quick else (2, 4, 16))
+                          for r in projection_parts(d_in, d_out, B, L, 4 if a.quick else 16, k, a.repeats)])
+    parts.to_csv(out / f"bench_parts{suffix}.csv", index=False)
+    print(parts.pivot_table(index=["d_in", "d_out", "k"], columns="part", values="ratio_to_dense", sort=False)
+          .round(2), flush=True)
+
+def _smollm_sweep(a, out: Path, suffix: str):
+    "SmolLM2-135M's shape (a tiny Llama with --quick): training and generation tokens/s, the bench_smollm CSV."
+    import pandas as pd
+    rows = [r for blocks in a.smollm_blocks
+            for r in bench_smollm(a.device, getattr(torch, a.dtype), ks=a.smollm_ks, levels=a.smollm_levels,
+                                  blocks=None if blocks == "all" else blocks, batch=4, seq_len=256,
+                                  repeats=max(1, a.repeats // 2), dry_run=a.quick)]
+    df = pd.DataFrame(rows)
+    df.to_csv(out / f"bench_smollm{suffix}.csv", index=False)
+    print(df[["blocks", "method", "level", "k", "pass_", "ms", "per_s", "vs_dense", "params_m"]].to_string(index=False),
+          flush=True)
 
 def _quick_config():
     from transformers import BertConfig
@@ -397,12 +500,14 @@ def main(argv=None):
     suffix = f"_{a.tag}" if a.tag else ""
     info = {**lim, "torch": torch.__version__,
             "command": "python -m meo.bench.cpu " + " ".join(argv if argv is not None else sys.argv[1:])}
-    if a.no_layer:                                                       # keep the FFN sweep's record, add this run's
+    if a.no_layer and not a.no_model:                                    # keep the FFN sweep's record, add this run's
         mpath = out / f"bench_machine{suffix}.json"
         old = json.loads(mpath.read_text()) if mpath.exists() else {}
         mpath.write_text(json.dumps({**old, "model_run": info}, indent=1))
     else: _layer_sweep(a, out, suffix, info)
     if not a.no_model: _model_sweep(a, out, suffix, lim)
+    if a.parts: _parts_sweep(a, out, suffix)
+    if a.smollm: _smollm_sweep(a, out, suffix)
     if a.serving:
         import pandas as pd
         serving = pd.DataFrame(bench_serving(_quick_config() if a.quick else None, k=a.serving_k,

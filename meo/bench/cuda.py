@@ -14,11 +14,12 @@ from ..core import check_choice
 from ..routing import Routing
 from ..ops import merged_product
 from ..ops import triton as tri
+from .cpu import bench_smollm
 
 # %% auto #0
-__all__ = ['SHARED_BYTES', 'MOE_BACKENDS', 'METHODS', 'SMOLLM2_SHAPE', 'Roofline', 'merged_bounds', 'choose', 'compile_check',
-           'moe_ref', 'moe_grouped', 'best_seconds', 'measure_roofline', 'make_block', 'block_fn', 'block_bound',
-           'bench_layer', 'write_csv', 'main', 'bench_model', 'bench_smollm']
+__all__ = ['SHARED_BYTES', 'MOE_BACKENDS', 'METHODS', 'Roofline', 'merged_bounds', 'choose', 'compile_check', 'moe_ref',
+           'moe_grouped', 'best_seconds', 'measure_roofline', 'make_block', 'block_fn', 'block_bound', 'bench_layer',
+           'write_csv', 'main', 'bench_model']
 
 # %% ../../nbs/21_bench_cuda.ipynb #712031b1
 @dataclass(frozen=True)
@@ -413,51 +414,6 @@ def bench_model(device="cuda", dtype=torch.bfloat16, ks=(1, 4, 16), n: int = 16,
                                  device=str(device), dtype=str(dtype).replace("torch.", "")))
             del model
             if torch.device(device).type == "cuda": torch.cuda.empty_cache()
-    return rows
-
-# %% ../../nbs/21_bench_cuda.ipynb #5a210002
-SMOLLM2_SHAPE = dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
-                     num_key_value_heads=3, vocab_size=49152, max_position_embeddings=8192, tie_word_embeddings=True,
-                     rms_norm_eps=1e-5, rope_theta=100000.0, bos_token_id=1, eos_token_id=2, pad_token_id=2)
-
-def bench_smollm(device="cuda", dtype=torch.bfloat16, ks=(2, 4), n: int = 8, levels=("sequence", "token"),
-                 blocks=None, batch: int = 8, seq_len: int = 512, gen_batch: int = 8, prompt: int = 48,
-                 new_tokens: int = 48, repeats: int = 5, dry_run: bool = False) -> list[dict]:
-    "Training tokens/s and generate() tokens/s of SmolLM2-135M's shape (random weights): dense, MoE, MEO."
-    import copy
-    from transformers import LlamaConfig, LlamaForCausalLM
-    from meo.convert import moefy
-    shape = dict(SMOLLM2_SHAPE, **(dict(hidden_size=32, intermediate_size=48, num_hidden_layers=2,
-                                        num_attention_heads=2, num_key_value_heads=1, vocab_size=100)
-                                   if dry_run else {}))
-    torch.manual_seed(0)
-    base = LlamaForCausalLM(LlamaConfig(**shape))
-    n, seq_len = (min(n, 4), min(seq_len, 32)) if dry_run else (n, seq_len)
-    gen = torch.Generator().manual_seed(0)
-    ids = torch.randint(3, shape["vocab_size"], (batch, seq_len), generator=gen).to(device)
-    prompt_ids = torch.randint(3, shape["vocab_size"], (gen_batch, prompt), generator=gen).to(device)
-    variants = [("dense", None, None)] + [(m, l, k) for l in levels for k in ks if k <= n for m in ("moe", "meo")]
-    rows, dense_rate = [], {}
-    for method, level, k in variants:
-        model = copy.deepcopy(base)
-        if method != "dense": moefy(model, method=method, n_experts=n, k=k, level=level, blocks=blocks)
-        model = model.to(device=device, dtype=dtype)
-        def train():
-            model.train()(input_ids=ids, labels=ids).loss.backward(); model.zero_grad(set_to_none=True)
-        def generate():
-            with torch.no_grad():
-                model.eval().generate(prompt_ids, attention_mask=torch.ones_like(prompt_ids), do_sample=False,
-                                      max_new_tokens=new_tokens, min_new_tokens=new_tokens, pad_token_id=2)
-        for pass_, fn, units in (("train", train, batch * seq_len), ("generate", generate, gen_batch * new_tokens)):
-            s = best_seconds(fn, device, repeats)
-            if method == "dense": dense_rate[pass_] = units / s
-            rows.append(dict(model="smollm2-135m", method=method, level=level, n_experts=None if k is None else n,
-                             k=k, blocks=str(blocks or "all"), pass_=pass_, ms=1e3 * s, per_s=units / s,
-                             unit="tokens", vs_dense=units / s / dense_rate[pass_],
-                             params_m=sum(p.numel() for p in model.parameters()) / 1e6, device=str(device),
-                             dtype=str(dtype).replace("torch.", "")))
-        del model
-        if torch.device(device).type == "cuda": torch.cuda.empty_cache()
     return rows
 
 # %% ../../nbs/21_bench_cuda.ipynb #837ad076
