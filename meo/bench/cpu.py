@@ -500,11 +500,11 @@ def main(argv=None):
     suffix = f"_{a.tag}" if a.tag else ""
     info = {**lim, "torch": torch.__version__,
             "command": "python -m meo.bench.cpu " + " ".join(argv if argv is not None else sys.argv[1:])}
-    if a.no_layer and not a.no_model:                                    # keep the FFN sweep's record, add this run's
+    if not a.no_layer: _layer_sweep(a, out, suffix, info)
+    elif not a.no_model:                                                 # keep the FFN sweep's record, add this run's
         mpath = out / f"bench_machine{suffix}.json"
         old = json.loads(mpath.read_text()) if mpath.exists() else {}
         mpath.write_text(json.dumps({**old, "model_run": info}, indent=1))
-    else: _layer_sweep(a, out, suffix, info)
     if not a.no_model: _model_sweep(a, out, suffix, lim)
     if a.parts: _parts_sweep(a, out, suffix)
     if a.smollm: _smollm_sweep(a, out, suffix)
