@@ -279,7 +279,6 @@ def plot_table(df, speed=None, title: str = "", path=None, stats=SPEED_STATS):
     if path is not None: fig.savefig(path, dpi=110)
     return fig
 
-
 # %% ../../nbs/16_tables.ipynb #5a160001
 def plot_usage(routing, task: str, k: int, phase: str = "train", seed=None, path=None):
     "Heatmaps of expert usage (share of selections) per layer, one per method and level, for one task and k."
@@ -358,7 +357,6 @@ def _write_table(t: Table, variant: str, results: list, df, speed, csv: Path):
         except ImportError: print("(matplotlib is not installed: no plot written; pip install matplotlib)")
     print("wrote " + ", ".join(map(str, written)))
 
-
 # %% ../../nbs/16_tables.ipynb #5a160003
 def lead_result(cfg) -> dict:
     "The lead baseline of the run configuration `cfg` (its task and evaluation rows), as a result of `run`."
@@ -402,7 +400,7 @@ _SMOL_SMOKE = dict(model="test-llama", steps=2, batch=2, eval_batch=2, max_examp
                    blocks="last:1")
 TABLES.update({
     "smollm": Table(
-        "smollm", ("bbc-brown-lm",), (), "task", 2, (2,), levels=LEVELS,
+        "smollm", ("bbc-brown-lm",), (), "task", 2, (2, 4), levels=LEVELS,
         settings=dict(_SMOL, lr=2e-4, steps=8, batch=4, eval_batch=4, max_examples=200, max_eval_examples=12,
                       max_length=256),
         expert=dict(blocks="every:6"), zero_shot=True, stats=SMOLLM_STATS, seeds=(42, 43), fresh=True,
