@@ -93,11 +93,8 @@ def _bench_parts():
     return t[["dense", "product", "merge", "product + merge", "meo"]].map(lambda v: f"{v:.2f}")
 
 def _bench_smollm():
-    s = _csv("bench_smollm.csv")
-    s["k"] = ["–" if v != v else f"{v:.0f}" for v in s.k]
-    s["level"] = s.level.fillna("–")
-    return _formatted(s, ["blocks", "method", "level", "k", "pass_"], dict(
-        ms="{:,.0f}", per_s="{:.1f}", vs_dense="{:.2f}", params_m="{:.0f}"))
+    from meo.bench.cpu import smollm_speed
+    return smollm_speed(_csv("bench_smollm.csv")).map(lambda v: f"{v:.2f}" if v < 10 else f"{v:.1f}")
 
 def _smollm(name, csv):
     import meo.experiments.tables as E
@@ -139,8 +136,8 @@ TABLES = {
                     "relative to the dense projection", _bench_parts, {"needs": ["bench_parts.csv"]}),
     "bench-smollm": ("`results/bench_smollm.csv`, made by `python -m meo.bench.cpu --threads 2 --repeats 4 --no-layer "
                      "--no-model --no-serving --smollm --smollm-blocks all every:6`",
-                     "SmolLM2-135M's shape, float32, random weights: training step on 4 x 256 tokens, generate() of "
-                     "8 x 48 new tokens; tokens/s", _bench_smollm, {"needs": ["bench_smollm.csv"]}),
+                     "SmolLM2-135M's shape, float32, two threads, random weights, n = 8: tokens/s of a training step "
+                     "on 4 x 256 tokens and of generate() (8 x 48 new tokens), `meo.bench.cpu.smollm_speed`", _bench_smollm, {"needs": ["bench_smollm.csv"]}),
     "smollm": (f"`results/smollm_offline.csv` and `smollm_offline_speed.csv`, made by {_SMOLLM_CMD}",
                "`meo.experiments.tables.summary_table`", lambda: _smollm("smollm", "smollm_offline"),
                {"needs": ["smollm_offline.csv", "smollm_offline_speed.csv"], "figure": "smollm_offline.png"}),

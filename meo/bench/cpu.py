@@ -16,7 +16,8 @@ from ..flops import linear_cost
 # %% auto #0
 __all__ = ['SERVING_MODES', 'SMOLLM2_SHAPE', 'timeit', 'saved_bytes', 'peak_memory', 'FFN', 'ffn_macs', 'machine_limits',
            'roofline_ms', 'experts_read', 'ffn_roofline', 'model_roofline', 'side_by_side', 'bench_ffn',
-           'projection_parts', 'release_memory', 'bench_model', 'bench_serving', 'bench_smollm', 'plot_layer', 'main']
+           'projection_parts', 'release_memory', 'bench_model', 'bench_serving', 'bench_smollm', 'smollm_speed',
+           'plot_layer', 'main']
 
 # %% ../../nbs/20_bench_cpu.ipynb #0d1d859c
 def timeit(fn, repeats: int = 5, warmup: int = 1) -> list[float]:
@@ -376,6 +377,21 @@ def bench_smollm(device="cuda", dtype=torch.bfloat16, ks=(2, 4), n: int = 8, lev
         del model
         release_memory()
     return rows
+
+# %% ../../nbs/20_bench_cpu.ipynb #s5b1c005
+def smollm_speed(df):
+    "bench_smollm's rows (a DataFrame) as one row per (blocks, level, k): tokens/s of dense, MoE, MEO and MEO / MoE."
+    import pandas as pd
+    df = df.assign(k=df.k.astype("Int64"))
+    dense = df[df.method == "dense"].set_index(["blocks", "pass_"]).per_s
+    e = df[df.method != "dense"].pivot_table(index=["blocks", "level", "k"], columns=["pass_", "method"],
+                                             values="per_s", sort=False)
+    out = pd.DataFrame(index=e.index)
+    for p in ("train", "generate"):
+        out[f"{p} dense"] = [dense[(b, p)] for b in e.index.get_level_values("blocks")]
+        out[f"{p} moe"], out[f"{p} meo"] = e[(p, "moe")], e[(p, "meo")]
+        out[f"{p} meo/moe"] = out[f"{p} meo"] / out[f"{p} moe"]
+    return out
 
 # %% ../../nbs/20_bench_cpu.ipynb #a745845b
 import json, sys
