@@ -87,10 +87,8 @@ def _bench_serving():
                                                         ratio_to_eager="{:.2f}", setup_s="{:.1f}"))
 
 def _bench_parts():
-    parts = _csv("bench_parts.csv")
-    t = parts.pivot_table(index=["d_in", "d_out", "k"], columns="part", values="ratio_to_dense", sort=False)
-    t["product + merge"] = t["product"] + t["merge"]
-    return t[["dense", "product", "merge", "product + merge", "meo"]].map(lambda v: f"{v:.2f}")
+    from meo.bench.cpu import parts_table
+    return parts_table(_csv("bench_parts.csv")).map(lambda v: f"{v:.2f}")
 
 def _bench_smollm():
     from meo.bench.cpu import smollm_speed
@@ -137,7 +135,8 @@ TABLES = {
     "bench-smollm": ("`results/bench_smollm.csv`, made by `python -m meo.bench.cpu --threads 2 --repeats 4 --no-layer "
                      "--no-model --no-serving --smollm --smollm-blocks all every:6`",
                      "SmolLM2-135M's shape, float32, two threads, random weights, n = 8: tokens/s of a training step "
-                     "on 4 x 256 tokens and of generate() (8 x 48 new tokens), `meo.bench.cpu.smollm_speed`", _bench_smollm, {"needs": ["bench_smollm.csv"]}),
+                     "on 4 x 256 tokens and of generate() (8 x 48 new tokens), `meo.bench.cpu.smollm_speed`", _bench_smollm,
+                     {"needs": ["bench_smollm.csv"]}),
     "smollm": (f"`results/smollm_offline.csv` and `smollm_offline_speed.csv`, made by {_SMOLLM_CMD}",
                "`meo.experiments.tables.summary_table`", lambda: _smollm("smollm", "smollm_offline"),
                {"needs": ["smollm_offline.csv", "smollm_offline_speed.csv"], "figure": "smollm_offline.png"}),

@@ -16,8 +16,8 @@ from ..flops import linear_cost
 # %% auto #0
 __all__ = ['SERVING_MODES', 'SMOLLM2_SHAPE', 'timeit', 'saved_bytes', 'peak_memory', 'FFN', 'ffn_macs', 'machine_limits',
            'roofline_ms', 'experts_read', 'ffn_roofline', 'model_roofline', 'side_by_side', 'bench_ffn',
-           'projection_parts', 'release_memory', 'bench_model', 'bench_serving', 'bench_smollm', 'smollm_speed',
-           'plot_layer', 'main']
+           'projection_parts', 'parts_table', 'release_memory', 'bench_model', 'bench_serving', 'bench_smollm',
+           'smollm_speed', 'plot_layer', 'main']
 
 # %% ../../nbs/20_bench_cpu.ipynb #0d1d859c
 def timeit(fn, repeats: int = 5, warmup: int = 1) -> list[float]:
@@ -209,6 +209,13 @@ def projection_parts(d_in: int = 768, d_out: int = 3072, batch: int = 16, seq_le
     return [dict(d_in=d_in, d_out=d_out, batch=batch, seq_len=seq_len, n_experts=n_experts, k=k, part=p,
                  ms=round(ms[p], 3), ratio_to_dense=round(ms[p] / ms["dense"], 4), repeats=repeats) for p in fns]
 
+# %% ../../nbs/20_bench_cpu.ipynb #p4a7c005
+def parts_table(df):
+    "projection_parts' rows (a DataFrame) as a row per (d_in, d_out, k): each part's time / dense; product + merge."
+    t = df.pivot_table(index=["d_in", "d_out", "k"], columns="part", values="ratio_to_dense", sort=False)
+    t["product + merge"] = t["product"] + t["merge"]
+    return t[["dense", "product", "merge", "product + merge", "meo"]]
+
 # %% ../../nbs/20_bench_cpu.ipynb #32a072ac
 import ctypes, ctypes.util, gc
 
@@ -337,8 +344,6 @@ def bench_serving(config=None, batch: int = 16, seq_len: int = 128, n_experts: i
 SMOLLM2_SHAPE = dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
                      num_key_value_heads=3, vocab_size=49152, max_position_embeddings=8192, tie_word_embeddings=True,
                      rms_norm_eps=1e-5, rope_theta=100000.0, bos_token_id=1, eos_token_id=2, pad_token_id=2)
-_TINY_LLAMA = dict(hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=2,
-                   num_key_value_heads=1, vocab_size=100)
 
 def bench_smollm(device="cuda", dtype=torch.bfloat16, ks=(2, 4), n: int = 8, levels=("sequence", "token"),
                  blocks=None, batch: int = 8, seq_len: int = 512, gen_batch: int = 8, prompt: int = 48,
@@ -347,13 +352,14 @@ def bench_smollm(device="cuda", dtype=torch.bfloat16, ks=(2, 4), n: int = 8, lev
     import copy
     from transformers import LlamaConfig, LlamaForCausalLM
     from meo.convert import moefy
-    shape = dict(SMOLLM2_SHAPE, **(_TINY_LLAMA if dry_run else {}))
+    from meo.testing import tiny_config
+    config = tiny_config("llama", vocab_size=100) if dry_run else LlamaConfig(**SMOLLM2_SHAPE)
     torch.manual_seed(0)
-    base = LlamaForCausalLM(LlamaConfig(**shape))
+    base = LlamaForCausalLM(config)
     n, seq_len = (min(n, 4), min(seq_len, 32)) if dry_run else (n, seq_len)
     gen = torch.Generator().manual_seed(0)
-    ids = torch.randint(3, shape["vocab_size"], (batch, seq_len), generator=gen).to(device)
-    prompt_ids = torch.randint(3, shape["vocab_size"], (gen_batch, prompt), generator=gen).to(device)
+    ids = torch.randint(3, config.vocab_size, (batch, seq_len), generator=gen).to(device)
+    prompt_ids = torch.randint(3, config.vocab_size, (gen_batch, prompt), generator=gen).to(device)
     variants = [("dense", None, None)] + [(m, l, k) for l in levels for k in ks if k <= n for m in ("moe", "meo")]
     rows, dense_rate = [], {}
     for method, level, k in variants:
@@ -464,8 +470,7 @@ def _parts_sweep(a, out: Path, suffix: str):
     parts = pd.DataFrame([r for d_in, d_out, B, L in shapes for k in ((2,) if a.quick else (2, 4, 16))
                           for r in projection_parts(d_in, d_out, B, L, 4 if a.quick else 16, k, a.repeats)])
     parts.to_csv(out / f"bench_parts{suffix}.csv", index=False)
-    print(parts.pivot_table(index=["d_in", "d_out", "k"], columns="part", values="ratio_to_dense", sort=False)
-          .round(2), flush=True)
+    print(parts_table(parts).round(2), flush=True)
 
 def _smollm_sweep(a, out: Path, suffix: str):
     "SmolLM2-135M's shape (a tiny Llama with --quick): training and generation tokens/s, the bench_smollm CSV."
