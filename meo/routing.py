@@ -13,7 +13,7 @@ import torch.distributed as dist
 from .core import LEVELS, check_choice, check_int, check_experts
 
 # %% auto #0
-__all__ = ['GROUPINGS', 'check_mask', 'masked_mean', 'SegmentState', 'causal_segments', 'cv_squared', 'prob_in_top_k',
+__all__ = ['GROUPINGS', 'check_mask', 'masked_mean', 'SegmentState', 'causal_segments', 'top_k', 'cv_squared', 'prob_in_top_k',
            'noisy_top_k', 'balance_loss', 'Routing', 'check_task_ids', 'autocast_off', 'Router']
 
 # %% ../nbs/01_routing.ipynb #11136e44
@@ -91,6 +91,19 @@ def causal_segments(x: Tensor,                   # (B, T, d) layer input of the 
     n_real = xf.new_zeros(B * J).index_add_(0, group.reshape(-1), m.reshape(-1).float())
     return inputs, (seg == 0).reshape(-1), group, n_real, new_state
 
+# %% ../nbs/01_routing.ipynb #d7567041
+def top_k(logits: Tensor,   # (G, n)
+          m: int            # how many to keep, 1 <= m <= n
+         ) -> tuple[Tensor, Tensor]:   # values (G, m) descending, index (G, m)
+    "The m largest logits of every row and their experts; equal logits in ascending expert order."
+    G, n = logits.shape
+    i = torch.arange(n, device=logits.device)
+    a, b = logits[:, :, None], logits[:, None, :]                             # (G, n, 1) l_i, (G, 1, n) l_j
+    rank = ((b > a) | ((b == a) & (i[None, :] < i[:, None]))).sum(2)          # (G, n) slot of every expert
+    order = torch.zeros_like(rank).scatter(1, rank, i.expand(G, n))           # (G, n) expert in every slot
+    index = order[:, :m]
+    return logits.gather(1, index), index
+
 # %% ../nbs/01_routing.ipynb #0bc965a0
 def cv_squared(v: Tensor) -> Tensor:
     "Squared coefficient of variation `var(v) / (mean(v)**2 + 1e-10)`; 0 for fewer than two values."
@@ -130,7 +143,7 @@ def noisy_top_k(u: Tensor,           # (G, d) router inputs, float32
         logits = clean + noise * noise_std
     else: logits = clean
     n = w_gate.shape[1]
-    top_values, top_index = logits.topk(min(k + 1, n), dim=1)              # (G, k+1)
+    top_values, top_index = top_k(logits, min(k + 1, n))                     # (G, k+1)
     index, gate = top_index[:, :k], torch.softmax(top_values[:, :k], dim=1)
     if noisy and k < n: load = prob_in_top_k(clean, logits, noise_std, top_values, k)
     else: load = torch.zeros_like(clean).scatter(1, index, 1.)              # counts, robust to zero gates
