@@ -19,9 +19,9 @@ from .ops.cpu import apply_rows
 
 # %% auto #0
 __all__ = ['FFN_PATTERNS', 'DECODE_CACHE_BYTES', 'dense_params', 'find_ffn', 'CallContext', 'current_call', 'recomputing',
-           'call_scope', 'ModelContext', 'StackContext', 'stack_mode', 'select_blocks', 'expert_layers', 'moefy',
-           'aux_loss', 'set_task_ids', 'set_aux_scale', 'expert_usage', 'load_state', 'from_pretrained',
-           'quantize_dynamic', 'to_dense']
+           'call_scope', 'ModelContext', 'StackContext', 'RoutingStore', 'routing_store', 'stack_mode', 'select_blocks',
+           'expert_layers', 'moefy', 'aux_loss', 'set_task_ids', 'set_aux_scale', 'expert_usage', 'load_state',
+           'from_pretrained', 'quantize_dynamic', 'to_dense']
 
 # %% ../nbs/04_convert.ipynb #a1a66736
 from transformers.pytorch_utils import Conv1D
@@ -100,6 +100,7 @@ class CallContext:
     past: int = 0                          # tokens already in the cache
     states: dict | None = None             # prefix sums carried in by the cache (a copy: read only)
     new_states: dict = field(default_factory=dict)  # this call's prefix sums, for the next step
+    store: "RoutingStore | None" = None    # the routing store of the generation cache (merged weights kept)
     aux_scale: float = 1.0                 # weight of the aux loss's gradient (1 / gradient accumulation steps)
 
     def find(self, owner) -> "CallContext | None":
@@ -223,10 +224,8 @@ class StackContext:
         "In evaluation without autograd, with a generation cache: the product from merged weights kept on the cache."
         call = current_call(self)
         if torch.is_grad_enabled() or layer.training or call is None or call.cache is None: return None
-        if torch.compiler.is_compiling(): return None                      # the store's reuse test reads values
-        store = getattr(call.cache, "_meo_merged", None)
-        if store is None: store = call.cache._meo_merged = {}
-        return _decode(layer, h, routing, store)
+        if torch.compiler.is_compiling() or call.store is None: return None   # the reuse test reads values
+        return _decode(layer, h, routing, call.store.merged)
 
 # %% ../nbs/04_convert.ipynb #637468c8
 _CACHE_NAMES = ("cache", "past_key_values")
@@ -276,45 +275,71 @@ def _stack_pre_hook(module, args, kwargs):
     if mask is not None and (mask.shape[0] != shape[0] or mask.shape[1] < shape[1]):
         raise ValueError(f"attention_mask of shape {tuple(mask.shape)} does not fit the {shape[0]}x{shape[1]} tokens "
                          f"of {type(module).__name__} (expected ({shape[0]}, >= {shape[1]}))")
-    carried = getattr(cache, "_meo_states", None) if st.mode == "causal" else None
+    store = routing_store(cache) if cache is not None and st.mode != "bidirectional" else None
     # a cache's routing states count once it holds tokens (a compiled call cannot test that: it takes them as given)
+    carried = store.states if store is not None and st.mode == "causal" else None
     states = dict(carried) if carried is not None and (torch.compiler.is_compiling() or past) else None
+    if store is None and cache is not None and st.mode != "bidirectional" and _cache_layers(cache) is not None:
+        store = RoutingStore()                                        # the cache gets it when the call returns
     pooled = _pooled_encoder(a) if st.mode == "cross" else None
     parent = _get_call()
     mc = parent.find(st.model) if parent is not None else None
-    _set_call(CallContext(st, parent, mask, shape, None, pooled, cache, past, states,
+    _set_call(CallContext(st, parent, mask, shape, None, pooled, cache, past, states, store=store,
                           aux_scale=mc.aux_scale if mc is not None else st.model.aux_scale))
 
 # %% ../nbs/04_convert.ipynb #d8a03a55
 def _stack_post_hook(module, args, kwargs, output):
+    "Restore the enclosing context; give the generation's cache this call's routing states (in its routing store)."
     st = module._meo_stack
     call = current_call()
     _pop(st)
-    if call is None or call.owner is not st or st.mode != "causal" or not call.new_states or output is None: return
+    if call is None or call.owner is not st or st.mode == "bidirectional" or output is None: return
     cache = next((getattr(output, n, None) for n in _CACHE_NAMES if getattr(output, n, None) is not None), call.cache)
-    if cache is not None: _attach_states(cache, dict(call.new_states))
+    layers = _cache_layers(cache) if cache is not None else None
+    if layers is None: return                                         # no cache (use_cache=False), or not a Cache
+    store = call.store if call.store is not None and cache is call.cache else routing_store(cache)
+    if store is None: store = RoutingStore()
+    if st.mode == "causal" and call.new_states: store.states = dict(call.new_states)
+    if not any(l is store for l in layers): layers.append(store)      # after the model's layers: none is at its index
 
 # %% ../nbs/04_convert.ipynb #303c133b
-def _attach_states(cache, states: dict):
-    "Store routing states on a generation cache; make its row-selection methods carry them along."
-    cache._meo_states = states
-    if getattr(cache, "_meo_patched", False): return
-    def rows(method, to_index):
-        orig = getattr(cache, method, None)
-        if orig is None: return
-        def wrapped(arg):
-            out = orig(arg)
-            n = next(iter(cache._meo_states.values())).count.shape[0] if cache._meo_states else 0
-            cache._meo_states = {k: s.select(to_index(arg, n)) for k, s in cache._meo_states.items()}
-            return out
-        setattr(cache, method, wrapped)
-    rows("reorder_cache", lambda idx, n: idx)
-    rows("batch_select_indices", lambda idx, n: idx)
-    rows("batch_repeat_interleave", lambda r, n: torch.arange(n).repeat_interleave(r))
-    def crop(*a, **k):
-        raise RuntimeError("a cache with meo causal routing states cannot be cropped (assisted/contrastive decoding)")
-    if hasattr(cache, "crop"): cache.crop = crop
-    cache._meo_patched = True
+class RoutingStore:
+    """A generation's routing state, held by its cache as one more of the cache's layers: the prefix sums of every
+    causal layer (`states`, one row per sequence) and the merged weights in use while decoding (`merged`). The cache
+    calls the same methods on it as on its attention layers, so beam search, batch expansion and selection move its
+    rows with theirs; it holds no keys or values, so nothing else of the cache sees it."""
+    is_compileable, is_croppable, supports_early_init, is_sliding, is_initialized = True, False, False, False, True
+    keys = values = None
+
+    def __init__(self, states: dict | None = None):
+        self.states, self.merged = dict(states or {}), {}      # {layer name: SegmentState}, {layer name: merged}
+
+    def __repr__(self): return f"RoutingStore({len(self.states)} states, {len(self.merged)} merged)"
+    def _rows(self, index: Tensor):
+        self.states = {k: s.select(index) for k, s in self.states.items()}
+    def reorder_cache(self, beam_idx: Tensor): self._rows(beam_idx)
+    def batch_select_indices(self, indices: Tensor): self._rows(indices)
+    def batch_repeat_interleave(self, repeats: int):
+        n = next(iter(self.states.values())).count.shape[0] if self.states else 0
+        self._rows(torch.arange(n).repeat_interleave(repeats))
+    def crop(self, tokens_to_remove: int):
+        raise RuntimeError("a cache with meo routing states cannot be cropped (assisted or contrastive decoding): "
+                           "generate with greedy, sampling or beam search")
+    def reset(self): self.states, self.merged = {}, {}
+    def offload(self): ...
+    def prefetch(self): ...
+    def get_seq_length(self) -> int: return 0
+    def get_max_length(self) -> int: return -1
+
+def _cache_layers(cache) -> list | None:
+    "The list of layers of a generation cache that holds the store (an encoder-decoder cache: its self-attention one's)."
+    cache = getattr(cache, "self_attention_cache", cache)
+    return getattr(cache, "layers", None)
+
+def routing_store(cache) -> RoutingStore | None:
+    "The routing store a generation cache holds, or None."
+    layers = _cache_layers(cache) or []
+    return next((l for l in layers if isinstance(l, RoutingStore)), None)
 
 # %% ../nbs/04_convert.ipynb #1fff7c35
 def _chain(call: CallContext | None) -> list:

@@ -5,6 +5,7 @@
 # %% ../nbs/03_layers.ipynb #d9f27c96
 from __future__ import annotations
 import math
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import Protocol, runtime_checkable
 import torch
@@ -15,7 +16,8 @@ from .routing import Router, Routing, SegmentState, autocast_off
 from .ops import moe_product, merged_product, check_options
 
 # %% auto #0
-__all__ = ['TokenAttention', 'RoutingInputs', 'LayerContext', 'AuxLossGrad', 'ExpertLinear', 'MoELinear', 'MEOLinear']
+__all__ = ['TokenAttention', 'RoutingInputs', 'LayerContext', 'AuxLossGrad', 'ExpertLinear', 'MoELinear', 'MEOLinear',
+           'counting_usage']
 
 # %% ../nbs/03_layers.ipynb #6878b25e
 class TokenAttention(nn.Module):
@@ -98,12 +100,12 @@ class ExpertLinear(nn.Module):
                              segment_len=segment_len, device=device)
         self.usage = torch.zeros(n_experts, dtype=torch.long)      # real tokens routed to each expert (statistics)
         self.aux_loss: Tensor | None = None
-        self.segment_state: SegmentState | None = None
+        self.count_usage = False                                  # count in evaluation too (`counting_usage`)
         self.context: LayerContext | None = None
         self.reset_parameters()
 
     def __getstate__(self):   # copies and pickles drop the results of the last call
-        return {**super().__getstate__(), "aux_loss": None, "segment_state": None}
+        return {**super().__getstate__(), "aux_loss": None}
 
     def reset_parameters(self):
         "Each expert initialised as `nn.Linear` would be."
@@ -131,10 +133,12 @@ class ExpertLinear(nn.Module):
         return _upcycle(cls, linear.weight, linear.bias, n_experts, k, level, init_noise, **kwargs)
 
     def forward(self, x: Tensor, mask: Tensor | None = None, task_ids: Tensor | None = None,
-                pooled: Tensor | None = None, state: SegmentState | None = None) -> Tensor:
+                pooled: Tensor | None = None, state: SegmentState | None = None,
+                return_routing: bool = False):   # (..., O), or ((..., O), Routing) with return_routing
         h, inputs = _layer_inputs(self, x, RoutingInputs(mask, task_ids, pooled, state))   # (B, L, I)
         r = _route(self, h, inputs)                                                       # 1. route
-        return self.product(h, r).reshape(*x.shape[:-1], self.out_features)              # 2. merge, 3. product
+        y = self.product(h, r).reshape(*x.shape[:-1], self.out_features)                 # 2. merge, 3. product
+        return (y, r) if return_routing else y
 
     def product(self, h: Tensor, r: Routing) -> Tensor: raise NotImplementedError
 
@@ -165,14 +169,14 @@ def _layer_inputs(layer: ExpertLinear, x: Tensor, given: RoutingInputs) -> tuple
     return (x if x.dim() == 3 else x[:, None]), given                  # 2-D: a batch of one-token sequences
 
 def _route(layer: ExpertLinear, h: Tensor, inputs: RoutingInputs) -> Routing:
-    "Route `h` (B, L, I); attach the aux loss's gradient to the gates; record the aux value, usage and state once."
+    "Route `h` (B, L, I); attach the aux loss's gradient to the gates; in training, keep the aux value and the usage."
     r = layer.router(h, inputs.mask, inputs.task_ids, inputs.pooled, inputs.state)
     if layer.training and torch.is_grad_enabled() and r.aux_loss.requires_grad:   # the aux loss trains with the output
         r = replace(r, gate=AuxLossGrad.apply(r.gate, r.aux_loss, inputs.aux_scale))
     if not inputs.record: return r                                     # a checkpointed segment again: counted already
-    if layer.context is not None: layer.context.routed(layer, r)
-    if torch.compiler.is_compiling(): return r                         # a traced graph writes nothing on the model
-    layer.aux_loss, layer.segment_state = r.aux_loss.detach(), r.state
+    if layer.context is not None: layer.context.routed(layer, r)       # the call's own output (a causal state)
+    if torch.compiler.is_compiling() or not (layer.training or layer.count_usage): return r   # evaluation: no writes
+    if layer.training: layer.aux_loss = r.aux_loss.detach()
     with torch.no_grad():                                              # real tokens routed to each expert
         counts = torch.bincount(r.index.reshape(-1), weights=r.n_real.repeat_interleave(layer.k),
                                 minlength=layer.n_experts).round().long()
@@ -224,3 +228,14 @@ class MEOLinear(ExpertLinear):
         W, b = _experts_in(self, h.dtype)
         with autocast_off(h.device.type):                               # one dtype inside: autocast's, or the experts'
             return merged_product(h, W, b, r, self.backend, **self.options)
+
+# %% ../nbs/03_layers.ipynb #f537f36a
+@contextmanager
+def counting_usage(module: nn.Module):
+    "Inside this block the MoE/MEO layers of `module` count expert usage in evaluation calls too."
+    layers = [m for m in module.modules() if isinstance(m, ExpertLinear)]
+    was = [m.count_usage for m in layers]
+    for m in layers: m.count_usage = True
+    try: yield module
+    finally:
+        for m, w in zip(layers, was): m.count_usage = w

@@ -8,7 +8,7 @@ import argparse, json, os, socket, subprocess, sys, tempfile
 from pathlib import Path
 import torch
 import torch.distributed as dist
-from torch import nn
+from torch import nn, Tensor
 from dataclasses import replace
 from .routing import Router, Routing
 from .layers import ExpertLinear
@@ -18,8 +18,9 @@ from .distributed import shard
 
 # %% auto #0
 __all__ = ['V', 'TINY', 'MINILM_VOCAB', 'CASES', 'DCP_CASES', 'CHECKS', 'tiny_config', 'tiny', 'batch', 'scramble',
-           'backend_cases', 'check_backend', 'tiny_bert2bert', 'tiny_dense', 'tiny_model', 'tiny_batch', 'train_steps',
-           'state_bytes', 'fsdp_check', 'ddp_check', 'trainer_check', 'launch', 'main']
+           'trained_like', 'single_expert', 'check_routing_matters', 'backend_cases', 'check_backend', 'tiny_bert2bert',
+           'tiny_dense', 'tiny_model', 'tiny_batch', 'train_steps', 'state_bytes', 'fsdp_check', 'ddp_check',
+           'trainer_check', 'launch', 'main']
 
 # %% ../nbs/08_testing.ipynb #aa67cc1c
 V = 97                          # the tiny models' vocabulary
@@ -94,6 +95,40 @@ def scramble(model: nn.Module, seed: int = 0) -> nn.Module:
             if m.bias is not None: m.bias.add_(torch.randn(m.bias.shape, generator=g) * 0.5)
             if getattr(m, "token_attn", None) is not None: m.token_attn.up_weight.normal_(generator=g)
     return model
+
+# %% ../nbs/08_testing.ipynb #fdd2d545
+def trained_like(model: nn.Module, seed: int = 0) -> nn.Module:
+    "Distinct experts and non-zero gate weights (in place), the rest of each router as converted: a trained model."
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if not isinstance(m, ExpertLinear): continue
+            m.weight.add_(0.5 * torch.randn(m.weight.shape, generator=g) * m.weight.std())
+            m.router.w_gate.add_(torch.randn(m.router.w_gate.shape, generator=g))
+            if getattr(m, "token_attn", None) is not None:                 # the token block moved off the identity
+                m.token_attn.up_weight.add_(0.1 * torch.randn(m.token_attn.up_weight.shape, generator=g))
+    return model
+
+def single_expert(model: nn.Module, e: int) -> nn.Module:
+    "A copy of `model` whose every MoE/MEO layer has all its experts equal to expert `e`: a dense model."
+    import copy
+    out = copy.deepcopy(model)
+    with torch.no_grad():
+        for m in out.modules():
+            if not isinstance(m, ExpertLinear): continue
+            m.weight.copy_(m.weight[e].expand_as(m.weight).clone())
+            if m.bias is not None: m.bias.copy_(m.bias[e].expand_as(m.bias).clone())
+    return out
+
+def check_routing_matters(model: nn.Module, call, tol: float = 1e-2) -> Tensor:
+    "Assert that `call(model)` (a tensor) differs from `call` of every single-expert copy by more than `tol`; return it."
+    with torch.no_grad():
+        y = call(model)
+        n = next(m for m in model.modules() if isinstance(m, ExpertLinear)).n_experts
+        for e in range(n):
+            d = (y - call(single_expert(model, e))).abs().max().item()
+            assert d > tol, f"the output is within {d:.2g} of expert {e}'s alone: routing does not matter here"
+    return y
 
 # %% ../nbs/08_testing.ipynb #6e6cf0c8
 def backend_cases(B: int = 3, L: int = 7, I: int = 9, O: int = 11, n: int = 5, dtype=torch.float64, seed: int = 0):

@@ -7,6 +7,7 @@ from __future__ import annotations
 import torch.distributed as dist
 from transformers import Trainer
 from .convert import aux_loss, expert_usage, set_aux_scale
+from .layers import counting_usage
 
 # %% auto #0
 __all__ = ['MEOTrainer']
@@ -37,6 +38,10 @@ class MEOTrainer(Trainer):
             loss = loss + (aux / steps if scaled else aux)
             self._aux_total += float(aux.detach()); self._aux_steps += 1
         return (loss, outputs) if return_outputs else loss
+
+    def evaluation_loop(self, *args, **kwargs):
+        "Evaluation counts expert usage (the explicit opt-in `counting_usage`: evaluation calls write nothing else)."
+        with counting_usage(self.model): return super().evaluation_loop(*args, **kwargs)
 
     def log(self, logs: dict, start_time=None):
         phase = "train" if "loss" in logs or "train_runtime" in logs else "eval"   # the end-of-training log too
