@@ -3,12 +3,14 @@
     python docs/check_site.py          # after `python docs/build.py`; exit 1 on any failed check
 
 The site is served on 127.0.0.1 (http.server in a thread) and driven through the DevTools protocol
-(websocket-client) in Debian's /usr/bin/chromium, with a new profile and no network beyond 127.0.0.1. From the
+(websocket-client) in Debian's /usr/bin/chromium, with a new profile and no host but 127.0.0.1 resolved (a page
+that needs a CDN fails here as it would offline). From the
 landing page it clicks through to one library page (03_layers) and one experiment page (experiments/glue), and
 on each checks: no console error, no failed request, the math rendered by MathJax (every `.math` element holds
 MathJax output, no TeX error, no `$...$` left as text), at least one figure or table (every image loaded), every
 link to the site itself answering 200 with its `#anchor` present, and code lines of 120 characters shown without
-a scroll bar. Then a search for a class name returns its page.
+a scroll bar. Then a search for a class name returns its page. The checks are also written to
+_site_check/checks.json.
 """
 import base64, functools, http.server, json, os, re, shutil, subprocess, sys, tempfile, threading, time
 import urllib.error, urllib.parse, urllib.request
@@ -18,14 +20,16 @@ import websocket
 root = Path(__file__).resolve().parent.parent
 site, shots = root / "_site" / "html", root / "_site_check"
 # Debian's chromium (`apt-get install chromium`); $CHROMIUM or a Chrome already installed (GitHub's runners) also do
-CHROMIUM = os.environ.get("CHROMIUM") or next((b for b in ("/usr/bin/chromium", shutil.which("chromium") or "",
-                                                         shutil.which("google-chrome") or "") if b and Path(b).exists()),
+CHROMIUM = os.environ.get("CHROMIUM") or next((b for b in (shutil.which("google-chrome"), "/usr/bin/chromium",
+                                                         shutil.which("chromium")) if b and Path(b).exists()),
                                               "/usr/bin/chromium")
 WIDTH, HEIGHT = 1600, 1000
 failures: list[str] = []
+results: list[dict] = []
 
 def check(ok: bool, what: str):
     print(("ok:   " if ok else "FAIL: ") + what)
+    results.append(dict(ok=ok, check=what))
     if not ok: failures.append(what)
 
 def serve(directory: Path):
@@ -43,6 +47,7 @@ class Browser:
         self.proc = subprocess.Popen([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
             "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync",
             "--disable-extensions", "--disable-dev-shm-usage", f"--user-data-dir={self.profile}",
+            "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",     # offline: a CDN request fails, visibly
             "--remote-debugging-port=0", f"--window-size={WIDTH},{HEIGHT}", "about:blank"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         port_file, t0 = Path(self.profile) / "DevToolsActivePort", time.time()
@@ -250,6 +255,7 @@ def main():
         b.screenshot(shots / "search.png")
     finally:
         b.close(); server.shutdown()
+    (shots / "checks.json").write_text(json.dumps(dict(browser=CHROMIUM, checks=results), indent=1))
     print(f"screenshots in {shots.relative_to(root)}/: {', '.join(sorted(p.name for p in shots.glob('*.png')))}")
     print(f"site check: {'passed' if not failures else f'{len(failures)} checks failed'}")
     sys.exit(1 if failures else 0)
