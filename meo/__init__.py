@@ -10,9 +10,10 @@ __all__ = []
 from .core import MEOConfig, METHODS, LEVELS
 from .routing import Router, Routing, masked_mean
 from .ops import merged_product, merged_product_ref, merge
-from .layers import MoELinear, MEOLinear, TokenAttention
-from .convert import (moefy, aux_loss, from_pretrained, to_dense, set_task_ids, expert_usage, expert_layers,
-                         find_ffn, quantize_dynamic)
+from .layers import MoELinear, MEOLinear, TokenAttention, counting_usage
+from .architectures import find_ffn, register_ffn
+from .convert import moefy, aux_loss, set_task_ids, expert_usage, expert_layers
+from .serving import from_pretrained, to_dense, quantize_dynamic
 
 def __getattr__(name):  # the Trainer integration imports transformers.Trainer: only when asked for
     if name == "MEOTrainer":

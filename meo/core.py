@@ -9,7 +9,7 @@ from dataclasses import dataclass, asdict, fields
 import torch
 
 # %% auto #0
-__all__ = ['METHODS', 'LEVELS', 'test_eq', 'test_close', 'check_choice', 'check_int', 'check_experts', 'router_level',
+__all__ = ['METHODS', 'LEVELS', 'MEO_ONLY', 'test_eq', 'test_close', 'check_choice', 'check_int', 'check_experts', 'router_level',
            'MEOConfig', 'check_blocks']
 
 # %% ../nbs/00_core.ipynb #5d420188
@@ -95,20 +95,13 @@ class MEOConfig:
     backend_options: dict | None = None  # MEO: options of a backend other than 'torch' (e.g. {'path': 'select'})
 
     def __post_init__(self):
-        check_choice("method", self.method, METHODS)
-        check_experts(self.n_experts, self.k, self.level, self.n_tasks)
-        check_int("reduce_factor", self.reduce_factor, 1)
-        check_int("segment_len", self.segment_len, 1)
-        check_choice("merge", self.merge, ("auto", "gemm", "gather"))
-        if self.block is not None: check_int("block", self.block, 1)
-        if not isinstance(self.backend, str) or not self.backend:
-            raise ValueError(f"backend={self.backend!r} is not valid: expected a backend name such as 'torch'")
-        if self.backend_options is not None and not isinstance(self.backend_options, dict):
-            raise ValueError(f"backend_options={self.backend_options!r} is not valid: expected a dict or None")
+        check_choice("method", self.method, METHODS); check_experts(self.n_experts, self.k, self.level, self.n_tasks)
+        check_int("reduce_factor", self.reduce_factor, 1); check_int("segment_len", self.segment_len, 1)
+        _check_product(self)
         if isinstance(self.targets, str): self.targets = [self.targets]
         self.blocks = check_blocks(self.blocks)
-        if self.aux_coef < 0: raise ValueError(f"aux_coef={self.aux_coef} is not valid: expected aux_coef >= 0")
-        if self.init_noise < 0: raise ValueError(f"init_noise={self.init_noise} is not valid: expected init_noise >= 0")
+        if bad := [f"{f}={getattr(self, f)}" for f in ("aux_coef", "init_noise") if getattr(self, f) < 0]:
+            raise ValueError(f"{bad[0]} is not valid: expected {bad[0].split('=')[0]} >= 0")
 
     @property
     def product_options(self) -> dict:
@@ -117,7 +110,6 @@ class MEOConfig:
         return {**opts, **(self.backend_options or {})}
 
     def to_dict(self) -> dict: return asdict(self)
-
     @classmethod
     def from_dict(cls, d: dict) -> "MEOConfig":
         "Build from a dict, ignoring keys this version does not know."
@@ -125,6 +117,21 @@ class MEOConfig:
         return cls(**{k: v for k, v in d.items() if k in names})
 
 _DEFAULTS = {f.name: f.default for f in fields(MEOConfig)}
+MEO_ONLY = ("reduce_factor", "merge", "block", "backend", "backend_options")   # what method='moe' has no use for
+
+def _check_product(c: MEOConfig) -> None:
+    "MEO's product settings: a registered backend that takes the options given; none of them for method='moe'."
+    if not isinstance(c.backend, str) or not c.backend:
+        raise ValueError(f"backend={c.backend!r} is not valid: expected a backend name such as 'torch'")
+    if c.backend_options is not None and not isinstance(c.backend_options, dict):
+        raise ValueError(f"backend_options={c.backend_options!r} is not valid: expected a dict or None")
+    if c.method == "moe":
+        if given := [f"{f}={getattr(c, f)!r}" for f in MEO_ONLY if getattr(c, f) != _DEFAULTS[f]]:
+            raise ValueError(f"{', '.join(given)}: settings of MEO's merged product and token block, which "
+                             "method='moe' does not have")
+        return
+    from meo.ops import check_options     # the registry of backends lives in meo.ops (loaded by `import meo`)
+    check_options(c.backend, c.product_options)
 
 # %% ../nbs/00_core.ipynb #556d210f
 def check_blocks(blocks):

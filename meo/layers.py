@@ -13,7 +13,7 @@ from torch import nn, Tensor
 import torch.nn.functional as F
 from .core import check_int, check_experts, router_level
 from .routing import Router, Routing, SegmentState, autocast_off
-from .ops import moe_product, merged_product, check_options
+from .ops import moe_product, merged_product, check_options, row_layout, RowLayout
 
 # %% auto #0
 __all__ = ['TokenAttention', 'RoutingInputs', 'LayerContext', 'AuxLossGrad', 'ExpertLinear', 'MoELinear', 'MEOLinear',
@@ -64,7 +64,7 @@ class LayerContext(Protocol):
         "`x` viewed as (B, L, I), and the routing inputs of the running call (what the caller `given` first)."
     def routed(self, layer: nn.Module, routing: Routing) -> None:
         "Keep what the call produced besides the output: a causal layer's prefix sums, for the next decoding step."
-    def merged(self, layer: nn.Module, h: Tensor, routing: Routing) -> Tensor | None:
+    def merged(self, layer: nn.Module, h: Tensor, layout: RowLayout) -> Tensor | None:
         "The product from merged weights kept between decoding steps, or None to compute it as usual."
 
 class AuxLossGrad(torch.autograd.Function):
@@ -87,8 +87,7 @@ class ExpertLinear(nn.Module):
                  bias: bool = True, n_tasks: int | None = None, task_dim: int | None = None, noisy: bool = True,
                  aux_coef: float = 0.01, router_features: int | None = None, segment_len: int | None = None,
                  device=None, dtype=None):
-        super().__init__()
-        check_int("in_features", in_features, 1); check_int("out_features", out_features, 1)
+        super().__init__(); check_int("in_features", in_features, 1); check_int("out_features", out_features, 1)
         check_experts(n_experts, k, level, n_tasks if level == "task" else None)
         self.in_features, self.out_features, self.n_experts, self.k = in_features, out_features, n_experts, k
         self.level = level
@@ -98,8 +97,7 @@ class ExpertLinear(nn.Module):
         self.router = Router(router_features or in_features, n_experts, k, router_level(self.method, level),
                              n_tasks=n_tasks, task_dim=task_dim, noisy=noisy, aux_coef=aux_coef,
                              segment_len=segment_len, device=device)
-        self.usage = torch.zeros(n_experts, dtype=torch.long)      # real tokens routed to each expert (statistics)
-        self.aux_loss: Tensor | None = None
+        self.usage, self.aux_loss = torch.zeros(n_experts, dtype=torch.long), None   # training statistics
         self.count_usage = False                                  # count in evaluation too (`counting_usage`)
         self.context: LayerContext | None = None
         self.reset_parameters()
@@ -223,11 +221,12 @@ class MEOLinear(ExpertLinear):
     def product(self, h: Tensor, r: Routing) -> Tensor:
         if self.token_attn is not None: h = self.token_attn(h)
         h = h.to(_compute_dtype(self, h))
-        y = self.context.merged(self, h, r) if self.context is not None else None   # decoding: merged weights kept
+        lay = row_layout(r)                                             # which tokens share a merged weight: once
+        y = self.context.merged(self, h, lay) if self.context is not None else None   # decoding: merged weights kept
         if y is not None: return y
         W, b = _experts_in(self, h.dtype)
         with autocast_off(h.device.type):                               # one dtype inside: autocast's, or the experts'
-            return merged_product(h, W, b, r, self.backend, **self.options)
+            return merged_product(h, W, b, lay, self.backend, **self.options)
 
 # %% ../nbs/03_layers.ipynb #f537f36a
 @contextmanager

@@ -192,13 +192,6 @@ class Routing:
     @property
     def n_groups(self) -> int: return self.index.shape[0]
 
-    def rows(self) -> Tensor:
-        "(B,) the gate row of each example, when all tokens of an example share one ('example', 'examples')."
-        if self.grouping == "runs": raise ValueError("grouping='runs': the tokens of an example use several gate rows")
-        B, L = self.group.shape
-        if self.grouping == "example": return torch.arange(B, device=self.group.device)
-        return self.group[:, 0] if L else self.group.new_zeros(B)           # no tokens: any row serves none
-
     @classmethod
     def make(cls, index: Tensor, gate: Tensor, group: Tensor, grouping: str, mask: Tensor | None = None) -> "Routing":
         "A routing given by hand (tests, benchmarks): real tokens counted from `mask` (default: all), no aux loss."
@@ -249,18 +242,17 @@ class Router(nn.Module):
         self.noisy, self.aux_coef, self.noise_eps, self.sync_aux = noisy, aux_coef, noise_eps, sync_aux
         self.segment_len = None if segment_len is None else check_int("segment_len", segment_len, 1)
         self.n_tasks, self.task_dim, gate_in = None, None, in_features
-        if level == "task":
+        if level == "task":                                                    # the task embeddings route
             self.n_tasks, self.task_dim = n_tasks, check_int("task_dim", task_dim or in_features, 1)
             self.task_embed = nn.Parameter(torch.empty(self.n_tasks, self.task_dim, device=device))
             gate_in = self.task_dim
         # plain parameters, not nn.Linear: a host model's weight init (HF `_init_weights`) leaves them alone
         self.w_gate = nn.Parameter(torch.empty(gate_in, n_experts, device=device))     # (d, n)
         self.w_noise = nn.Parameter(torch.empty(gate_in, n_experts, device=device))    # (d, n)
-        # causal sequence routing: the router input of each sequence's first segment (nothing before it)
         self.first_input = nn.Parameter(torch.empty(in_features, device=device)) if self.segment_len else None
         self.reset_parameters()
 
-    def reset_parameters(self):
+    def reset_parameters(self):   # gates at zero; `first_input`: a causal sequence's first segment's router input
         nn.init.zeros_(self.w_gate); nn.init.zeros_(self.w_noise)
         if self.level == "task": nn.init.normal_(self.task_embed)
         if self.first_input is not None: nn.init.zeros_(self.first_input)

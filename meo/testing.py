@@ -121,7 +121,7 @@ def single_expert(model: nn.Module, e: int) -> nn.Module:
     return out
 
 def check_routing_matters(model: nn.Module, call, tol: float = 1e-2) -> Tensor:
-    "Assert that `call(model)` (a tensor) differs from `call` of every single-expert copy by more than `tol`; return it."
+    "Assert that `call(model)` (a tensor) differs from `call` of each single-expert copy by more than `tol`; return it."
     with torch.no_grad():
         y = call(model)
         n = next(m for m in model.modules() if isinstance(m, ExpertLinear)).n_experts

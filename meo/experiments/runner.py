@@ -13,7 +13,7 @@ from types import SimpleNamespace
 import numpy as np
 import torch
 from torch import nn
-from ..core import METHODS, MEOConfig, check_choice, check_int
+from ..core import METHODS, MEOConfig, MEO_ONLY, check_choice, check_int
 from ..data import task_info, load_task
 from .zoo import model_spec, check_hub
 from .metrics import task_score
@@ -131,6 +131,7 @@ def meo_config(method: str = "meo", n_tasks: int = 1, **layer) -> MEOConfig | No
             raise ValueError(f"{', '.join(f'{f}={layer[f]!r}' for f in given)}: a dense run has no experts")
         return None
     if isinstance(layer.get("targets"), tuple): layer["targets"] = list(layer["targets"])
+    if method == "moe": layer = {f: v for f, v in layer.items() if f not in MEO_ONLY}   # a table's MEO-only options
     return MEOConfig(method=method, n_tasks=n_tasks if layer.get("level", MEOConfig.level) == "task" else None,
                      **layer)
 

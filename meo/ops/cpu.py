@@ -9,11 +9,11 @@ import torch.nn.functional as F
 from torch import Tensor
 from ..core import check_choice, check_int
 from ..routing import Routing
-from . import merge, pack_runs, used_rows, register_backend
+from . import merge, pack_runs, apply_merged, register_backend, RowLayout
 
 # %% auto #0
 __all__ = ['MERGE_MODES', 'TILE_BYTES', 'TILE_ROWS', 'TILE_COLS', 'MERGE_ROWS', 'merge_mode', 'dense_gates', 'tiling',
-           'merged_product_torch', 'apply_rows']
+           'merged_product_torch', 'apply_rows_torch']
 
 # %% ../../nbs/02b_ops_cpu.ipynb #21a2a686
 MERGE_MODES = ("auto", "gemm", "gather")
@@ -51,16 +51,6 @@ class _Tiles:
                                mode="sum").view(m, self.G, self.cols)
 
 # %% ../../nbs/02b_ops_cpu.ipynb #80c00884
-def _group_rows(group: Tensor | None, n_groups: int) -> list | None:
-    "Examples of each group, as a slice when contiguous (no copy) else an index tensor; None: group b = example b."
-    if group is None: return None
-    rows = []
-    for g in range(n_groups):
-        r = (group == g).nonzero().squeeze(1)
-        if len(r) and int(r[-1]) - int(r[0]) + 1 == len(r): r = slice(int(r[0]), int(r[-1]) + 1)
-        rows.append(r)
-    return rows
-
 def _blocks(O: int, block: int):
     return [(o, min(o + block, O)) for o in range(0, O, block)]
 
@@ -263,18 +253,16 @@ class _MergedProduct(torch.autograd.Function):
 def merged_product_torch(x: Tensor,              # (B, L, I)
                          weight: Tensor,         # (n, O, I)
                          bias: Tensor | None,    # (n, O)
-                         routing: Routing,
+                         lay: RowLayout,         # which tokens share a merged weight (`meo.ops.row_layout`)
                          merge: str = "auto",    # 'gemm', 'gather' or 'auto' (by shape)
                          block: int | None = None,   # output rows per tile (None: by size, `tiling`)
                          cols: int | None = None) -> Tensor:   # input columns per tile, a divisor of I
     "The merged product with the merged weights made tile by tile in cache, made again in backward, never kept."
-    if routing.grouping == "example":
-        return _MergedProduct.apply(x, weight, bias, routing.gate, routing.index, None, merge, block, cols)
-    index, gate, group = used_rows(routing)                             # only the rows that serve a token
-    if routing.grouping == "runs":                                       # a block of tokens per gate row
-        packed, slot = pack_runs(x, group, index.shape[0])
-        return _MergedProduct.apply(packed, weight, bias, gate, index, None, merge, block, cols)[group, slot]
-    return _MergedProduct.apply(x, weight, bias, gate, index, _group_rows(group, index.shape[0]), merge, block,
+    if lay.example_row is None:                                          # runs: a block of tokens per row
+        packed, slot = pack_runs(x, lay.token_row, lay.n_rows)
+        y = _MergedProduct.apply(packed, weight, bias, lay.gate, lay.index, None, merge, block, cols)
+        return y[lay.token_row, slot]
+    return _MergedProduct.apply(x, weight, bias, lay.gate, lay.index, None if lay.own else lay.members, merge, block,
                                 cols)
 
 def _check(merge: str = "auto", block: int | None = None, cols: int | None = None):
@@ -282,11 +270,13 @@ def _check(merge: str = "auto", block: int | None = None, cols: int | None = Non
     if block is not None: check_int("block", block, 1)
     if cols is not None: check_int("cols", cols, 1)
 
-register_backend("torch", merged_product_torch, ("merge", "block", "cols"), check=_check,
-                 about="merges tile by tile in cache, made again in backward (plain PyTorch, any device)")
-
-def apply_rows(x: Tensor, W: Tensor, b: Tensor | None, rows: Tensor) -> Tensor:
-    "y[i] = x[i] W[rows[i]]^T + b[rows[i]] for merged weights W (R, O, I) given, without a gathered copy per example."
+def apply_rows_torch(x: Tensor, W: Tensor, b: Tensor | None, lay: RowLayout) -> Tensor:
+    "y[b, t] = x[b, t] W[u]^T + b[u], u = example_row[b], for merged weights W (U, O, I) given: no copy per example."
+    if lay.example_row is None: return apply_merged(x, W, b, lay)
     y = x.new_empty(*x.shape[:2], W.shape[1])
-    _apply(x, W, _group_rows(rows, W.shape[0]), y)
-    return y if b is None else y.add_(b[rows][:, None, :])
+    _apply(x, W, None if lay.own else lay.members, y)
+    return y if b is None else y.add_(b[lay.example_row][:, None, :])
+
+register_backend("torch", merged_product_torch, ("merge", "block", "cols"), check=_check,
+                 about="merges tile by tile in cache, made again in backward (plain PyTorch, any device)",
+                 apply=apply_rows_torch)
