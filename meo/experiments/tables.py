@@ -4,7 +4,7 @@
 
 # %% ../../nbs/16_tables.ipynb #e4eec7fa
 from __future__ import annotations
-import argparse, math, re, sys, textwrap, time
+import argparse, contextlib, math, re, sys, textwrap, time
 from dataclasses import dataclass, field
 from pathlib import Path
 import numpy as np
@@ -317,13 +317,19 @@ def format_table(table) -> str:
 
 def table(name: str, variant: str = "quick", jobs: int | None = None, threads: int | None = None,
           out_dir="results/runs", csv=None, tasks=None, seeds=None, progress: bool = True, memory: int | None = None,
-          **settings):
+          gpus=None, ray: str | None = None, **settings):
     "Run (or read back) table `name`; write `csv` (+ speed CSV, routing CSV, plot) if given; print it; return its rows."
     t = _table(name)
     grid = table_grid(name, variant, tasks=tasks, seeds=seeds, **settings)
     t0 = time.perf_counter()
-    results = run_grid(grid, jobs=jobs, threads=threads, out_dir=out_dir, progress=progress, memory=memory,
-                       fresh=t.fresh and variant != "smoke")             # the smoke slice measures no memory
+    # ray: the address of a Ray cluster to run on ('': a local one started here; None: this machine's workers)
+    with contextlib.ExitStack() as stack:
+        pool = None
+        if ray is not None:
+            from meo.experiments.cluster import RayCluster            # Ray: imported only when asked for
+            pool = stack.enter_context(RayCluster(ray or None))
+        results = run_grid(grid, jobs=jobs, threads=threads, out_dir=out_dir, progress=progress, memory=memory,
+                           fresh=t.fresh and variant != "smoke", gpus=gpus, pool=pool)  # smoke: no memory measured
     base = make_config(**next(g for g in grid if g["method"] == "dense"))
     results += [BASELINES[b](base) for b in t.baselines]                      # scored on the same evaluation rows
     df, speed = results_frame(results), speed_frame(results)
@@ -547,6 +553,13 @@ def _memory_arg(s: str) -> int:
     if not m: raise argparse.ArgumentTypeError(f"expected bytes such as 8G, 512M or 2000000000, got {s!r}")
     return int(float(m[1]) * 1024 ** " kmgt".index(m[2].lower() or " "))
 
+def _gpus_arg(s: str):
+    "--gpus: 'all' (None), 'none' ([]: the CPU), or comma-separated indices of the visible GPUs."
+    if s.lower() in ("all", "none"): return None if s.lower() == "all" else []
+    if not re.fullmatch(r"\d+(,\d+)*", s):
+        raise argparse.ArgumentTypeError(f"expected 'all', 'none' or GPU indices such as 0,2, got {s!r}")
+    return [int(v) for v in s.split(",")]
+
 def _table_options(t):
     "The options of a table (`table`), as options of group `t`."
     v = t.add_mutually_exclusive_group()
@@ -560,6 +573,11 @@ def _table_options(t):
                    "more than the memory holds; 1: in this process)")
     t.add_argument("--memory", type=_memory_arg, default=None, help="memory the table may use, e.g. 8G (default: what "
                    "the machine has available now, MemAvailable or a cgroup limit)")
+    t.add_argument("--gpus", type=_gpus_arg, default=None, help="GPUs the workers use, each worker one GPU alone: "
+                   "indices such as 0,2, 'all' (default: every visible GPU) or 'none' (the CPU)")
+    t.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS", help="each run a task on a Ray "
+                   "cluster: the one at ADDRESS (e.g. HEAD:6379, or $RAY_ADDRESS), or a local one started here "
+                   "(needs pip install 'meo[ray]')")
     t.add_argument("--csv", default=None, help=f"CSV to write, plots beside it (default: {LOCAL_RESULTS}/"
                                                 "TABLE_offline[_VARIANT].csv)")
     t.add_argument("--tasks", nargs="+", default=None, help="a subset of the table's tasks")
@@ -588,7 +606,7 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 # %% ../../nbs/16_tables.ipynb #1a3a3ec8
-_TABLE_ONLY = ("variant", "jobs", "csv", "tasks", "seeds", "memory")
+_TABLE_ONLY = ("variant", "jobs", "csv", "tasks", "seeds", "memory", "gpus", "ray")
 LOCAL_RESULTS = "results/local"      # a user's tables (git-ignored); the committed ones only when --csv names them
 _EXPERT_OPTIONS = ("level", "n_experts", "k", "n_tasks") + EXPERT_FIELDS
 
@@ -635,10 +653,10 @@ def cli(argv=None):
                   f"{'' if variant in ('full', 'paper') else '_' + variant}.csv"
             return makers[target](variant, jobs=table_opts["jobs"], threads=threads, out_dir=out_dir, csv=csv,
                                   tasks=table_opts["tasks"], seeds=table_opts["seeds"], progress=not quiet,
-                                  memory=table_opts["memory"], **a)
+                                  memory=table_opts["memory"], gpus=table_opts["gpus"], ray=table_opts["ray"], **a)
         if any(v is not None for v in table_opts.values()):
-            p.error("--full/--smoke/--paper/--jobs/--memory/--csv/--tasks/--seeds are options of tables (`meo-run "
-                    "glue`, ...), not of a run")
+            p.error("--full/--smoke/--paper/--jobs/--memory/--gpus/--ray/--csv/--tasks/--seeds are options of tables "
+                    "(`meo-run glue`, ...), not of a run")
         if threads: torch.set_num_threads(threads)
         try: res = run(target, out_dir=out_dir, progress=not quiet, retrain=retrain, **a)
         except KeyboardInterrupt as e:
