@@ -10,7 +10,8 @@ from ..data import GLUE_COLUMNS, task_info
 
 # %% auto #0
 __all__ = ['WORDS', 'PAPER_FIXTURES', 'sentence', 'glue_splits', 'fill_dataset_cache', 'save_hub_model', 'bert_fixture',
-           'wikitext_splits', 'gpt2_fixture', 'paper_fixtures']
+           'wikitext_splits', 'gpt2_fixture', 'squad_splits', 'xsum_splits', 't5_fixture', 'bart_fixture',
+           'paper_fixtures']
 
 # %% ../../nbs/18_fixtures.ipynb #0cdd19d1
 WORDS = tuple("""the a this that film story plot actor scene music city river team game player coach news report
@@ -114,9 +115,69 @@ def gpt2_fixture():
     cfg = GPT2Config(vocab_size=len(tok), n_embd=32, n_layer=2, n_head=2, n_positions=1024, initializer_range=0.2)
     return GPT2LMHeadModel(cfg), tok
 
+# %% ../../nbs/18_fixtures.ipynb #c1280cb1
+def squad_splits(n: int = 24, seed: int = 0) -> dict:
+    "{split: Dataset} of SQuAD `plain_text` as the hub has it (answers: texts and int32 starts), `n` rows each."
+    from datasets import Dataset, Features, Value, List
+    feats = Features({"id": Value("string"), "title": Value("string"), "context": Value("string"),
+                      "question": Value("string"), "answers": {"text": List(Value("string")),
+                                                                "answer_start": List(Value("int32"))}})
+    rng, out = random.Random(f"squad-{seed}"), {}
+    for split in ("train", "validation"):
+        rows = {f: [] for f in feats}
+        for j in range(n):
+            context = " ".join(sentence(rng) for _ in range(3))
+            words = context.rstrip(".").split()
+            answer = words[rng.randrange(1, len(words))].strip(".")
+            start = context.index(" " + answer) + 1
+            for f, v in (("id", f"{split}-{j:04d}"), ("title", sentence(rng, 2)[:-1]), ("context", context),
+                         ("question", f"Which word comes after {context[:start].split()[-1].strip('.')}?"),
+                         ("answers", {"text": [answer], "answer_start": [start]})): rows[f].append(v)
+        out[split] = Dataset.from_dict(rows, features=feats)
+    return out
+
+def xsum_splits(n: int = 24, seed: int = 0) -> dict:
+    "{split: Dataset} of XSum as the hub has it (`document`, `summary`, `id`), `n` rows each."
+    from datasets import Dataset, Features, Value
+    feats = Features({"document": Value("string"), "summary": Value("string"), "id": Value("string")})
+    rng, out = random.Random(f"xsum-{seed}"), {}
+    for split in ("train", "validation", "test"):
+        docs = ["\n".join(sentence(rng, rng.randint(6, 14)) for _ in range(6)) for _ in range(n)]
+        out[split] = Dataset.from_dict({"document": docs, "summary": [sentence(rng, 10) for _ in range(n)],
+                                        "id": [str(30000000 + rng.randrange(10**7)) for _ in range(n)]},
+                                       features=feats)
+    return out
+
+# %% ../../nbs/18_fixtures.ipynb #6e670641
+_T5_CHARS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.,?!'-=:;()"
+
+def t5_fixture():
+    "(a tiny random `T5ForConditionalGeneration`, a `T5Tokenizer` (Unigram) over the fixture words)."
+    from transformers import T5Config, T5ForConditionalGeneration, T5Tokenizer
+    pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("▁", -3.0)] + [("▁" + w, -5.0) for w in WORDS] + \
+             [("▁" + w.capitalize(), -6.0) for w in WORDS] + [(c, -10.0) for c in _T5_CHARS]
+    tok = T5Tokenizer(vocab=list(dict((p, (p, s)) for p, s in pieces).values()))
+    cfg = T5Config(vocab_size=len(tok), d_model=32, d_kv=16, d_ff=64, num_layers=2, num_decoder_layers=2,
+                   num_heads=2, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
+                   decoder_start_token_id=tok.pad_token_id)
+    return T5ForConditionalGeneration(cfg), tok
+
+def bart_fixture():
+    "(a tiny random `BartForConditionalGeneration`, `BartTokenizer` on GPT-2's BPE files)."
+    from transformers import BartConfig, BartForConditionalGeneration, BartTokenizer
+    from meo.data import gpt2_tokenizer_path
+    p = gpt2_tokenizer_path()
+    tok = BartTokenizer(vocab=str(p / "vocab.json"), merges=str(p / "merges.txt"))
+    cfg = BartConfig(vocab_size=len(tok), d_model=32, encoder_layers=2, decoder_layers=2, encoder_attention_heads=2,
+                     decoder_attention_heads=2, encoder_ffn_dim=64, decoder_ffn_dim=64, max_position_embeddings=1024,
+                     pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                     decoder_start_token_id=tok.eos_token_id, forced_bos_token_id=tok.bos_token_id, init_std=0.2)
+    return BartForConditionalGeneration(cfg), tok
+
 # %% ../../nbs/18_fixtures.ipynb #49edc453
 PAPER_FIXTURES = {"glue": ("nyu-mll/glue", "bert-base-uncased"),       # table: (data set, model)
-                  "wikitext": ("Salesforce/wikitext", "gpt2")}
+                  "wikitext": ("Salesforce/wikitext", "gpt2"), "squad": ("rajpurkar/squad", "t5-small"),
+                  "xsum": ("EdinburghNLP/xsum", "facebook/bart-large")}
 
 def paper_fixtures(hf_home, tables=tuple(PAPER_FIXTURES), rows: int = 24) -> dict:
     "Lay the data sets and models of the paper `tables` in the caches under `hf_home`; {hub id: where}."
@@ -135,4 +196,12 @@ def paper_fixtures(hf_home, tables=tuple(PAPER_FIXTURES), rows: int = 24) -> dic
         out["Salesforce/wikitext"] = fill_dataset_cache("Salesforce/wikitext", {"wikitext-2-raw-v1": wikitext_splits(
             rows)}, home / "datasets")
         out["gpt2"] = save_hub_model("gpt2", *gpt2_fixture(), home / "hub")
+    if "squad" in tables:
+        out["rajpurkar/squad"] = fill_dataset_cache("rajpurkar/squad", {"plain_text": squad_splits(rows)},
+                                                    home / "datasets")
+        out["t5-small"] = save_hub_model("t5-small", *t5_fixture(), home / "hub")
+    if "xsum" in tables:
+        out["EdinburghNLP/xsum"] = fill_dataset_cache("EdinburghNLP/xsum", {"default": xsum_splits(rows)},
+                                                      home / "datasets")
+        out["facebook/bart-large"] = save_hub_model("facebook/bart-large", *bart_fixture(), home / "hub")
     return out
