@@ -18,10 +18,11 @@ from .runner import CONFIGS, RUN_METHODS, EXPERT_FIELDS, make_config, run, run_g
 # %% auto #0
 __all__ = ['GLUE_TASKS', 'PAPER_GLUE_TASKS', 'SMOKE', 'PAPER_ABSTRACT', 'TABLE_SEEDS', 'TABLE_VARIANTS', 'TABLES', 'GRID_AXES',
            'RESULT_COLUMNS', 'SPEED_COLUMNS', 'SPEED_STATS', 'LEVEL_COLORS', 'METHOD_NAMES', 'BASELINE_STYLES',
-           'BASELINES', 'SMOLLM_STATS', 'S', 'LOCAL_RESULTS', 'Table', 'apply_axes', 'table_grid', 'results_frame',
-           'row_method', 'order_rows', 'speed_frame', 'table_stats', 'table_text', 'summary_table', 'routing_frame',
-           'plot_table', 'plot_usage', 'format_table', 'table', 'lead_result', 'examples_frame', 'settings_table',
-           'size_table', 'preset_rows', 'estimate_table', 'tables', 'list_text', 'cli', 'main']
+           'PAPER_RATE', 'BASELINES', 'SMOLLM_STATS', 'S', 'LOCAL_RESULTS', 'Table', 'apply_axes', 'table_grid',
+           'results_frame', 'row_method', 'order_rows', 'speed_frame', 'table_stats', 'table_text', 'summary_table',
+           'routing_frame', 'plot_table', 'plot_usage', 'format_table', 'table', 'paper_plan', 'lead_result',
+           'examples_frame', 'settings_table', 'size_table', 'preset_rows', 'estimate_table', 'tables', 'list_text',
+           'cli', 'main']
 
 # %% ../../nbs/16_tables.ipynb #56445907
 GLUE_TASKS = ("rt-sst2", "rt-stsb", "bbc-topic", "bible-para")
@@ -321,6 +322,7 @@ def table(name: str, variant: str = "quick", jobs: int | None = None, threads: i
     "Run (or read back) table `name`; write `csv` (+ speed CSV, routing CSV, plot) if given; print it; return its rows."
     t = _table(name)
     grid = table_grid(name, variant, tasks=tasks, seeds=seeds, **settings)
+    if variant == "paper": print(paper_plan(grid, out_dir), flush=True)
     t0 = time.perf_counter()
     # ray: the address of a Ray cluster to run on ('': a local one started here; None: this machine's workers)
     with contextlib.ExitStack() as stack:
@@ -362,6 +364,25 @@ def _write_table(t: Table, variant: str, results: list, df, speed, csv: Path):
             written.append(beside(t.figure + ".png"))
         except ImportError: print("(matplotlib is not installed: no plot written; pip install matplotlib)")
     print("wrote " + ", ".join(map(str, written)))
+
+# %% ../../nbs/16_tables.ipynb #119acd1a
+PAPER_RATE = 50e12          # FLOP/s of one worker, assumed (not measured): about an H100's float32 rate
+
+def paper_plan(grid: list[dict], out_dir="results/runs", rate: float = PAPER_RATE) -> str:
+    "One line: the runs of `grid` not stored under `out_dir`, their training steps and FLOPs, the time at `rate`."
+    from meo.experiments.runner import run_path, _dense_meta
+    todo = [c for c in (make_config(**g) for g in grid) if not run_path(c, out_dir).is_file()]
+    sizes, steps, flops = {}, 0, 0.0
+    for c in todo:
+        if c.task not in sizes: sizes[c.task] = len(load_task(c.task)["train"])
+        n = min(sizes[c.task], c.max_examples or sizes[c.task])
+        s = c.steps if c.steps is not None else math.ceil(math.ceil(n / c.batch) * c.epochs)
+        p = sum(x.numel() for x in _dense_meta(c.model, c.task).parameters())
+        steps += s; flops += 6 * p * c.batch * (c.max_length + (c.max_target_length or 0)) * s
+    hours = flops / rate / 3600
+    return (f"paper table: {len(todo)} of {len(grid)} runs to run, {steps:,} training steps, {flops:.3g} FLOPs of "
+            f"training (6 x parameters x tokens per step): about {hours:.3g} hours of one worker at "
+            f"{rate / 1e12:g} TFLOP/s (assumed; evaluation not counted), divided among the workers below")
 
 # %% ../../nbs/16_tables.ipynb #5a160003
 def lead_result(cfg) -> dict:
