@@ -4,7 +4,7 @@
 
 # %% ../../nbs/15_runner.ipynb #1740be8b
 from __future__ import annotations
-import collections, contextlib, copy, fnmatch, hashlib, json, math, os, shutil, signal, sys, tempfile
+import collections, contextlib, copy, fnmatch, hashlib, json, math, os, shutil, signal, subprocess, sys, tempfile
 import threading, time, traceback, warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields, replace
@@ -21,10 +21,11 @@ from .tasks import task_type
 
 # %% auto #0
 __all__ = ['PROTOCOL', 'RUN_METHODS', 'CONFIGS', 'WINDOW_FIELDS', 'EXPERT_FIELDS', 'SETTINGS', 'WORKER_BASE', 'MEMORY_MARGIN',
-           'RunConfig', 'meo_config', 'make_config', 'layer_settings', 'config_dict', 'config_hash', 'run_path',
-           'training_arguments', 'Prepared', 'prepare_data', 'build_model', 'PeakMemory', 'train', 'record', 'read_run',
-           'summary', 'run', 'default_jobs', 'check_sources', 'estimate_memory', 'available_memory', 'plan_workers',
-           'Stopped', 'stop_on_signals', 'RunError', 'death_cause', 'WorkerDied', 'run_grid']
+           'CUDA_BASE', 'RunConfig', 'meo_config', 'make_config', 'layer_settings', 'config_dict', 'config_hash',
+           'run_path', 'training_arguments', 'Prepared', 'prepare_data', 'build_model', 'PeakMemory', 'train', 'record',
+           'read_run', 'summary', 'run', 'default_jobs', 'check_sources', 'estimate_memory', 'available_memory',
+           'plan_workers', 'GPU', 'cuda_devices', 'select_gpus', 'plan_gpu_workers', 'Stopped', 'stop_on_signals',
+           'RunError', 'death_cause', 'WorkerDied', 'run_grid']
 
 # %% ../../nbs/15_runner.ipynb #22380efb
 PROTOCOL = 1
@@ -305,7 +306,8 @@ def record(cfg: RunConfig, data: Prepared, trainer, trained: dict | None, metric
         "gflops_per_example": data.tt.flops(model, cfg, round(mean_len), ds=evald),
         "parameters": sum(p.numel() for p in model.parameters()),
         "routing": _usage(trainer.routing_log),
-        "device": str(trainer.args.device), "threads": torch.get_num_threads(), "versions": _versions(),
+        "device": str(trainer.args.device), "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+        "threads": torch.get_num_threads(), "versions": _versions(),
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "wall_s": wall_s,
     }
 
@@ -432,17 +434,23 @@ def _linear_widths(model) -> int:
         elif isinstance(m, Conv1D): total += sum(m.weight.shape)
     return total
 
-def estimate_memory(cfg: RunConfig) -> dict:
-    "The estimated peak memory of run `cfg` in its own process (bytes, 'total') and its parts."
+CUDA_BASE = 600 * 2**20      # GPU bytes of a process before its tensors: CUDA context, cuBLAS workspace (not measured)
+
+def estimate_memory(cfg: RunConfig, gpu: bool | None = None) -> dict:
+    "Estimated peak memory of run `cfg` in its own process (bytes, 'total'), its parts; on a GPU the GPU's ('gpu')."
+    # gpu: whether the run trains on a GPU (default: whether this process sees one)
     model = _meta_model(cfg)
     params = sum(p.numel() for p in model.parameters())
     training = (cfg.steps if cfg.steps is not None else cfg.epochs) > 0
-    on_gpu = torch.cuda.is_available()
-    state = params * (16 if training and not on_gpu else 4)
+    state = params * (16 if training else 4)
     tokens = (cfg.batch if training else cfg.eval_batch) * (cfg.max_length + (cfg.max_target_length or 0))
-    acts = 0 if on_gpu else 4 * tokens * _linear_widths(model)
-    return dict(total=int(MEMORY_MARGIN * (WORKER_BASE + state + acts)), parameters=params, state=state,
-                activations=acts, base=WORKER_BASE)
+    acts = 4 * tokens * _linear_widths(model)
+    if not (torch.cuda.is_available() if gpu is None else gpu):
+        return dict(total=int(MEMORY_MARGIN * (WORKER_BASE + state + acts)), parameters=params, state=state,
+                    activations=acts, base=WORKER_BASE)
+    return dict(total=int(MEMORY_MARGIN * (WORKER_BASE + 4 * params)), parameters=params, state=state,
+                activations=acts, base=WORKER_BASE, gpu=int(MEMORY_MARGIN * (CUDA_BASE + state + acts)),
+                cuda_base=CUDA_BASE)
 
 # %% ../../nbs/15_runner.ipynb #e9c6c299
 _CGROUP = [("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current", "/sys/fs/cgroup/memory.stat",
@@ -470,20 +478,28 @@ def available_memory() -> tuple[int, str]:
 
 def _gb(n: float) -> str: return f"{n / 2**30:.1f} GB"
 
-def plan_workers(configs: list[RunConfig], jobs: int | None = None, threads: int | None = None,
-                 memory: int | None = None, fresh: bool = False) -> tuple[int, int | None, str]:
-    "(workers, threads each, the words that say why) for the runs `configs`: by cores, runs and memory."
-    need = {config_hash(replace(c, seed=0)): c for c in configs}                 # the seed changes no size
-    need = [(estimate_memory(c), c) for c in need.values()]
-    m, big = max(need, key=lambda x: x[0]["total"])
+def _sizes(configs: list[RunConfig]) -> list[RunConfig]:
+    "One configuration of each size among `configs` (the seed changes no size)."
+    return list({config_hash(replace(c, seed=0)): c for c in configs}.values())
+
+def _host_memory(m: dict, big: RunConfig, memory: int | None, parts: str) -> tuple[int, str]:
+    "(bytes the workers may use, where that comes from); run `big`, whose estimate `m` is more, refused in one line."
     free, source = (memory, "given") if memory is not None else available_memory()
     if m["total"] > free:
         raise RuntimeError(
             f"the run {big.task} | {big.label} | seed {big.seed} needs about {_gb(m['total'])} of memory (estimated: "
-            f"{m['parameters'] / 1e6:.1f} M parameters, {_gb(m['state'])} with their gradients and AdamW state, "
-            f"{_gb(m['activations'])} of activations, {_gb(m['base'])} for the process), more than the {_gb(free)} "
-            f"available ({source}): lower batch or max_length, use fewer experts or convert fewer layers, free "
-            f"memory, or give memory= (meo-run --memory) if the estimate is too cautious")
+            f"{m['parameters'] / 1e6:.1f} M parameters, {parts}, {_gb(m['base'])} for the process), more than the "
+            f"{_gb(free)} available ({source}): lower batch or max_length, use fewer experts or convert fewer "
+            f"layers, free memory, or give memory= (meo-run --memory) if the estimate is too cautious")
+    return free, source
+
+def plan_workers(configs: list[RunConfig], jobs: int | None = None, threads: int | None = None,
+                 memory: int | None = None, fresh: bool = False) -> tuple[int, int | None, str]:
+    "(workers, threads each, the words that say why) for the runs `configs`: by cores, runs and memory."
+    need = [(estimate_memory(c, gpu=False), c) for c in _sizes(configs)]
+    m, big = max(need, key=lambda x: x[0]["total"])
+    free, source = _host_memory(m, big, memory, f"{_gb(m['state'])} with their gradients and AdamW state, "
+                                f"{_gb(m['activations'])} of activations")
     fit, cores = free // m["total"], default_jobs()
     n = max(1, min(jobs or cores, len(configs), fit))
     threads = threads or (max(1, cores // n) if n > 1 or jobs != 1 or fresh else None)
@@ -493,6 +509,70 @@ def plan_workers(configs: list[RunConfig], jobs: int | None = None, threads: int
             f"in {n} worker process{'es' * (n > 1)} of {threads} thread(s)" + \
             (", a new one for each run" if fresh else "")
     return n, threads, f"{where} ({why})"
+
+# %% ../../nbs/15_runner.ipynb #4c0f51cd
+@dataclass(frozen=True)
+class GPU:
+    "A GPU that a worker can own: torch's `index` here, the `id` that shows it alone, its name and memory now."
+    index: int      # cuda:INDEX in this process
+    id: str         # a worker's CUDA_VISIBLE_DEVICES: this GPU alone (this process's entry for it, if it has one)
+    name: str
+    free: int       # bytes free now (torch.cuda.mem_get_info)
+    total: int      # bytes
+
+_GPU_QUERY = ("import json, torch; print(json.dumps([[torch.cuda.get_device_name(i), *torch.cuda.mem_get_info(i)] "
+              "for i in range(torch.cuda.device_count())]))")
+
+def cuda_devices() -> list[GPU]:
+    "The GPUs this process sees, with their free memory now (read in a child process: none holds a context here)."
+    if not torch.cuda.is_available(): return []
+    r = subprocess.run([sys.executable, "-c", _GPU_QUERY], capture_output=True, text=True, timeout=300)
+    if r.returncode != 0:
+        raise RuntimeError(f"could not read the GPUs' free memory (torch.cuda.mem_get_info in a child process): "
+                           f"{_one_line(r.stderr.strip().splitlines()[-1] if r.stderr.strip() else r.returncode)}")
+    seen = os.environ.get("CUDA_VISIBLE_DEVICES")
+    ids = [s.strip() for s in seen.split(",")] if seen else None
+    return [GPU(i, ids[i] if ids else str(i), name, free, total)
+            for i, (name, free, total) in enumerate(json.loads(r.stdout.strip().splitlines()[-1]))]
+
+def select_gpus(gpus: list[GPU], which=None) -> list[GPU]:
+    "The GPUs of `gpus` whose `index` is in `which`, in that order (None: all of them; []: none, the CPU)."
+    if which is None: return list(gpus)
+    by = {g.index: g for g in gpus}
+    if bad := [i for i in which if i not in by]:
+        raise ValueError(f"gpus={list(which)} is not valid: GPU {bad[0]} is not visible here; expected indices among "
+                         f"{sorted(by) if by else 'none (this process sees no GPU)'}")
+    return [by[i] for i in dict.fromkeys(which)]
+
+# %% ../../nbs/15_runner.ipynb #e0e8f0aa
+def plan_gpu_workers(configs: list[RunConfig], gpus: list[GPU], jobs: int | None = None, threads: int | None = None,
+                     memory: int | None = None) -> tuple[int, int, list[GPU], str]:
+    "(workers, threads each, each worker's GPU, the words that say why) for the runs `configs` on `gpus`."
+    need = [(estimate_memory(c, gpu=True), c) for c in _sizes(configs)]
+    m, big = max(need, key=lambda x: x[0]["gpu"])
+    room = max(gpus, key=lambda g: g.free)
+    if m["gpu"] > room.free:
+        raise RuntimeError(
+            f"the run {big.task} | {big.label} | seed {big.seed} needs about {_gb(m['gpu'])} of GPU memory "
+            f"(estimated: {m['parameters'] / 1e6:.1f} M parameters, {_gb(m['state'])} with their gradients and AdamW "
+            f"state, {_gb(m['activations'])} of activations, {_gb(m['cuda_base'])} for CUDA), more than the "
+            f"{_gb(room.free)} free on the emptiest GPU (GPU {room.index}, {room.name}); a run uses one GPU: lower "
+            f"batch or max_length, use fewer experts or convert fewer layers, or free GPU memory")
+    h, hbig = max(need, key=lambda x: x[0]["total"])
+    free, source = _host_memory(h, hbig, memory, "loaded in host memory before they go to the GPU")
+    fits = [(g, int(g.free // m["gpu"])) for g in gpus]
+    slots = [g for r in range(max(f for _, f in fits)) for g, f in fits if f > r]       # round robin over the GPUs
+    cores, fit = default_jobs(), free // h["total"]
+    n = max(1, min(jobs or max(cores, len(gpus)), len(configs), len(slots), fit))
+    threads = threads or max(1, cores // n)
+    on = list(dict.fromkeys(g.index for g in slots[:n]))
+    why = ("; ".join(f"GPU {g.index} ({g.name}): {_gb(g.free)} free holds {f} run{'s' * (f != 1)}" for g, f in fits)
+           + f" of up to {_gb(m['gpu'])}; {cores} cores; {_gb(free)} of memory ({source}) holds {fit} "
+           f"process{'es' * (fit != 1)} of up to {_gb(h['total'])}" + (f"; {jobs} jobs asked" if jobs and jobs > n
+                                                                      else ""))
+    where = (f"in {n} worker process{'es' * (n > 1)} of {threads} thread(s), each on one GPU (on GPU"
+             f"{'s' * (len(on) > 1)} {', '.join(map(str, on))})")
+    return n, threads, slots[:n], f"{where} ({why})"
 
 # %% ../../nbs/15_runner.ipynb #53c389f8
 class Stopped(KeyboardInterrupt):
@@ -565,8 +645,9 @@ def _die_with_parent(parent: int, tmp: str):
         _leave(tmp, 1)
     threading.Thread(target=watch, daemon=True, name="meo-watch-parent").start()
 
-def _worker(conn, parent: int, threads: int | None, tmp: str):
+def _worker(conn, parent: int, threads: int | None, tmp: str, env: dict | None = None):
     "A worker process: the runs `conn` hands it, one at a time, until it gets None or its parent ends."
+    if env: os.environ.update(env)                        # its GPU (CUDA_VISIBLE_DEVICES), before CUDA starts
     _die_with_parent(parent, tmp)
     signal.signal(signal.SIGINT, signal.SIG_IGN)           # Ctrl-C reaches the process group: the parent decides
     for s in _STOP: signal.signal(s, _exit_on_signal)     # SystemExit: the run's temporary files are removed
@@ -614,10 +695,11 @@ def death_cause(exitcode: int, peak: int | None = None) -> str:
 _STOPPED_BY = {-s: s for s in _STOP} | {128 + s: s for s in _STOP}     # exit codes of a worker stopped from outside
 
 def _in_workers(grid: list[dict], names: list[str], todo: list[int], jobs: int, threads: int | None,
-                fresh: bool = False):
+                fresh: bool = False, envs: list[dict] | None = None):
     "(index, result, error) of each run of `todo` as it ends in `jobs` workers; a run whose worker dies goes back once."
+    # envs: the environment of each worker's place (its GPU); a worker that takes a dead one's place gets its own
     queue, deaths = collections.deque(todo), collections.Counter()
-    with _Workers(jobs, threads) as pool:
+    with _Workers(jobs, threads, envs) as pool:
         def fill():                                       # a worker for every run that can start, and its run
             while len(pool.all) < min(jobs, len(queue) + len(pool.busy())): pool.start()
             for w in pool.idle():
@@ -649,9 +731,10 @@ class WorkerDied(RuntimeError):
 # %% ../../nbs/15_runner.ipynb #8c885f1b
 class _Workers:
     "`n` spawned worker processes, one run at a time each: hand out runs, collect results and deaths, stop them all."
-    def __init__(self, n: int, threads: int | None):
+    def __init__(self, n: int, threads: int | None, envs: list[dict] | None = None):
         import multiprocessing as mp
         self.ctx, self.n, self.threads, self.all, self.started = mp.get_context("spawn"), n, threads, [], 0
+        self.envs = envs                                  # the environment of each of the n places (its GPU)
 
     def __enter__(self):
         self.tmp = tempfile.mkdtemp(prefix="meo-grid-")
@@ -667,10 +750,12 @@ class _Workers:
         here, there = self.ctx.Pipe()
         os.makedirs(self.tmp, exist_ok=True)              # (the last worker to leave removes the table's folder)
         tmp = tempfile.mkdtemp(prefix=f"w{self.started}-", dir=self.tmp)     # its own, in the table's
-        p = self.ctx.Process(target=R._worker, args=(there, os.getpid(), self.threads, tmp), daemon=True,
+        slot = min(set(range(self.n)) - {w.slot for w in self.all})           # a free place (a dead one's)
+        env = self.envs[slot] if self.envs else None
+        p = self.ctx.Process(target=R._worker, args=(there, os.getpid(), self.threads, tmp, env), daemon=True,
                              name=f"meo-worker-{self.started}")
         p.start(); there.close(); self.started += 1
-        self.all.append(SimpleNamespace(proc=p, conn=here, run=None, peak=None))
+        self.all.append(SimpleNamespace(proc=p, conn=here, run=None, peak=None, slot=slot))
 
     def give(self, w, i: int, kw: dict, name: str): w.conn.send((i, kw, name)); w.run, w.peak = i, None
     def retire(self, w):
@@ -726,9 +811,12 @@ def _stopped(e: BaseException, configs: list, out_dir, minutes: float) -> str:
 
 # %% ../../nbs/15_runner.ipynb #0fe2a093
 def run_grid(grid: list[dict], jobs: int | None = None, threads: int | None = None, out_dir="results/runs",
-             progress: bool = True, memory: int | None = None, fresh: bool = False) -> list[dict]:
-    "Run (or read back) every configuration of `grid` in `jobs` workers (1: here), sized by cores and `memory`."
+             progress: bool = True, memory: int | None = None, fresh: bool = False, gpus=None,
+             find_gpus=cuda_devices, pool=None) -> list[dict]:
+    "Run (or read back) every configuration of `grid` in `jobs` workers (1: here), sized by GPUs, cores and `memory`."
     # fresh: each run in a new worker process (also with jobs=1), so that its peak memory is its own
+    # gpus: indices of the GPUs to use (None: all that `find_gpus()` lists; []: none); a worker per GPU place
+    # pool: runs elsewhere (`meo.experiments.cluster.RayCluster`): its `plan` and `runs` replace the local workers
     configs = [make_config(**kw) for kw in grid]                          # every setting checked before any run
     grid = [{**kw, "out_dir": str(out_dir)} for kw in grid]
     results = [None] * len(grid)
@@ -739,12 +827,22 @@ def run_grid(grid: list[dict], jobs: int | None = None, threads: int | None = No
     head = f"meo.experiments.runner: {len(grid)} runs, {len(grid) - len(todo)} stored, {len(todo)} to run"
     if not todo: print(head, flush=True); return results
     check_sources([configs[i] for i in todo])
-    n, threads, where = plan_workers([configs[i] for i in todo], jobs, threads, memory, fresh)
+    on = select_gpus(find_gpus() if gpus != [] and pool is None else [], gpus)
+    if pool is not None: (threads, where), envs = pool.plan([configs[i] for i in todo], threads), None
+    elif on:
+        n, threads, slots, where = plan_gpu_workers([configs[i] for i in todo], on, jobs, threads, memory)
+        envs = [{"CUDA_VISIBLE_DEVICES": g.id} for g in slots]
+    else:
+        n, threads, where = plan_workers([configs[i] for i in todo], jobs, threads, memory, fresh)
+        hide = gpus is not None and torch.cuda.is_available()               # --gpus none on a machine with GPUs
+        envs = [{"CUDA_VISIBLE_DEVICES": ""}] * n if hide else None         # their workers see none
+        if hide: where = where.replace("in this process", "in 1 worker process", 1)
     print(f"{head} {where}", flush=True)
     names = [run_path(c).name for c in configs]
     total, done, errors, t0 = sum(_relative_cost(grid[i]) for i in todo), 0.0, [], time.perf_counter()
-    runs = _in_this_process(grid, todo, threads, progress) if jobs == 1 and not fresh else \
-           _in_workers(grid, names, todo, n, threads, fresh)
+    runs = pool.runs(grid, names, todo, threads, out_dir) if pool is not None else \
+           _in_this_process(grid, todo, threads, progress) if jobs == 1 and not fresh and envs is None else \
+           _in_workers(grid, names, todo, n, threads, fresh, envs)
     try:
         with stop_on_signals(), contextlib.closing(runs):
             for i, res, err in runs:

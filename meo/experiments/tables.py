@@ -4,7 +4,7 @@
 
 # %% ../../nbs/16_tables.ipynb #e4eec7fa
 from __future__ import annotations
-import argparse, math, re, sys, textwrap, time
+import argparse, contextlib, math, re, sys, textwrap, time
 from dataclasses import dataclass, field
 from pathlib import Path
 import numpy as np
@@ -18,10 +18,11 @@ from .runner import CONFIGS, RUN_METHODS, EXPERT_FIELDS, make_config, run, run_g
 # %% auto #0
 __all__ = ['GLUE_TASKS', 'PAPER_GLUE_TASKS', 'SMOKE', 'PAPER_ABSTRACT', 'TABLE_SEEDS', 'TABLE_VARIANTS', 'TABLES', 'GRID_AXES',
            'RESULT_COLUMNS', 'SPEED_COLUMNS', 'SPEED_STATS', 'LEVEL_COLORS', 'METHOD_NAMES', 'BASELINE_STYLES',
-           'BASELINES', 'SMOLLM_STATS', 'S', 'LOCAL_RESULTS', 'Table', 'apply_axes', 'table_grid', 'results_frame',
-           'row_method', 'order_rows', 'speed_frame', 'table_stats', 'table_text', 'summary_table', 'routing_frame',
-           'plot_table', 'plot_usage', 'format_table', 'table', 'lead_result', 'examples_frame', 'settings_table',
-           'size_table', 'preset_rows', 'estimate_table', 'tables', 'list_text', 'cli', 'main']
+           'PAPER_RATE', 'BASELINES', 'SMOLLM_STATS', 'S', 'LOCAL_RESULTS', 'Table', 'apply_axes', 'table_grid',
+           'results_frame', 'row_method', 'order_rows', 'speed_frame', 'table_stats', 'table_text', 'summary_table',
+           'routing_frame', 'plot_table', 'plot_usage', 'format_table', 'table', 'paper_plan', 'lead_result',
+           'examples_frame', 'settings_table', 'size_table', 'preset_rows', 'estimate_table', 'tables', 'list_text',
+           'cli', 'main']
 
 # %% ../../nbs/16_tables.ipynb #56445907
 GLUE_TASKS = ("rt-sst2", "rt-stsb", "bbc-topic", "bible-para")
@@ -317,13 +318,20 @@ def format_table(table) -> str:
 
 def table(name: str, variant: str = "quick", jobs: int | None = None, threads: int | None = None,
           out_dir="results/runs", csv=None, tasks=None, seeds=None, progress: bool = True, memory: int | None = None,
-          **settings):
+          gpus=None, ray: str | None = None, **settings):
     "Run (or read back) table `name`; write `csv` (+ speed CSV, routing CSV, plot) if given; print it; return its rows."
     t = _table(name)
     grid = table_grid(name, variant, tasks=tasks, seeds=seeds, **settings)
+    if variant == "paper": print(paper_plan(grid, out_dir), flush=True)
     t0 = time.perf_counter()
-    results = run_grid(grid, jobs=jobs, threads=threads, out_dir=out_dir, progress=progress, memory=memory,
-                       fresh=t.fresh and variant != "smoke")             # the smoke slice measures no memory
+    # ray: the address of a Ray cluster to run on ('': a local one started here; None: this machine's workers)
+    with contextlib.ExitStack() as stack:
+        pool = None
+        if ray is not None:
+            from meo.experiments.cluster import RayCluster            # Ray: imported only when asked for
+            pool = stack.enter_context(RayCluster(ray or None))
+        results = run_grid(grid, jobs=jobs, threads=threads, out_dir=out_dir, progress=progress, memory=memory,
+                           fresh=t.fresh and variant != "smoke", gpus=gpus, pool=pool)  # smoke: no memory measured
     base = make_config(**next(g for g in grid if g["method"] == "dense"))
     results += [BASELINES[b](base) for b in t.baselines]                      # scored on the same evaluation rows
     df, speed = results_frame(results), speed_frame(results)
@@ -356,6 +364,25 @@ def _write_table(t: Table, variant: str, results: list, df, speed, csv: Path):
             written.append(beside(t.figure + ".png"))
         except ImportError: print("(matplotlib is not installed: no plot written; pip install matplotlib)")
     print("wrote " + ", ".join(map(str, written)))
+
+# %% ../../nbs/16_tables.ipynb #119acd1a
+PAPER_RATE = 50e12          # FLOP/s of one worker, assumed (not measured): about an H100's float32 rate
+
+def paper_plan(grid: list[dict], out_dir="results/runs", rate: float = PAPER_RATE) -> str:
+    "One line: the runs of `grid` not stored under `out_dir`, their training steps and FLOPs, the time at `rate`."
+    from meo.experiments.runner import run_path, _dense_meta
+    todo = [c for c in (make_config(**g) for g in grid) if not run_path(c, out_dir).is_file()]
+    sizes, steps, flops = {}, 0, 0.0
+    for c in todo:
+        if c.task not in sizes: sizes[c.task] = len(load_task(c.task)["train"])
+        n = min(sizes[c.task], c.max_examples or sizes[c.task])
+        s = c.steps if c.steps is not None else math.ceil(math.ceil(n / c.batch) * c.epochs)
+        p = sum(x.numel() for x in _dense_meta(c.model, c.task).parameters())
+        steps += s; flops += 6 * p * c.batch * (c.max_length + (c.max_target_length or 0)) * s
+    hours = flops / rate / 3600
+    return (f"paper table: {len(todo)} of {len(grid)} runs to run, {steps:,} training steps, {flops:.3g} FLOPs of "
+            f"training (6 x parameters x tokens per step): about {hours:.3g} hours of one worker at "
+            f"{rate / 1e12:g} TFLOP/s (assumed; evaluation not counted), divided among the workers below")
 
 # %% ../../nbs/16_tables.ipynb #5a160003
 def lead_result(cfg) -> dict:
@@ -547,6 +574,13 @@ def _memory_arg(s: str) -> int:
     if not m: raise argparse.ArgumentTypeError(f"expected bytes such as 8G, 512M or 2000000000, got {s!r}")
     return int(float(m[1]) * 1024 ** " kmgt".index(m[2].lower() or " "))
 
+def _gpus_arg(s: str):
+    "--gpus: 'all' (None), 'none' ([]: the CPU), or comma-separated indices of the visible GPUs."
+    if s.lower() in ("all", "none"): return None if s.lower() == "all" else []
+    if not re.fullmatch(r"\d+(,\d+)*", s):
+        raise argparse.ArgumentTypeError(f"expected 'all', 'none' or GPU indices such as 0,2, got {s!r}")
+    return [int(v) for v in s.split(",")]
+
 def _table_options(t):
     "The options of a table (`table`), as options of group `t`."
     v = t.add_mutually_exclusive_group()
@@ -560,6 +594,11 @@ def _table_options(t):
                    "more than the memory holds; 1: in this process)")
     t.add_argument("--memory", type=_memory_arg, default=None, help="memory the table may use, e.g. 8G (default: what "
                    "the machine has available now, MemAvailable or a cgroup limit)")
+    t.add_argument("--gpus", type=_gpus_arg, default=None, help="GPUs the workers use, each worker one GPU alone: "
+                   "indices such as 0,2, 'all' (default: every visible GPU) or 'none' (the CPU)")
+    t.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS", help="each run a task on a Ray "
+                   "cluster: the one at ADDRESS (e.g. HEAD:6379, or $RAY_ADDRESS), or a local one started here "
+                   "(needs pip install 'meo[ray]')")
     t.add_argument("--csv", default=None, help=f"CSV to write, plots beside it (default: {LOCAL_RESULTS}/"
                                                 "TABLE_offline[_VARIANT].csv)")
     t.add_argument("--tasks", nargs="+", default=None, help="a subset of the table's tasks")
@@ -588,7 +627,7 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 # %% ../../nbs/16_tables.ipynb #1a3a3ec8
-_TABLE_ONLY = ("variant", "jobs", "csv", "tasks", "seeds", "memory")
+_TABLE_ONLY = ("variant", "jobs", "csv", "tasks", "seeds", "memory", "gpus", "ray")
 LOCAL_RESULTS = "results/local"      # a user's tables (git-ignored); the committed ones only when --csv names them
 _EXPERT_OPTIONS = ("level", "n_experts", "k", "n_tasks") + EXPERT_FIELDS
 
@@ -635,10 +674,10 @@ def cli(argv=None):
                   f"{'' if variant in ('full', 'paper') else '_' + variant}.csv"
             return makers[target](variant, jobs=table_opts["jobs"], threads=threads, out_dir=out_dir, csv=csv,
                                   tasks=table_opts["tasks"], seeds=table_opts["seeds"], progress=not quiet,
-                                  memory=table_opts["memory"], **a)
+                                  memory=table_opts["memory"], gpus=table_opts["gpus"], ray=table_opts["ray"], **a)
         if any(v is not None for v in table_opts.values()):
-            p.error("--full/--smoke/--paper/--jobs/--memory/--csv/--tasks/--seeds are options of tables (`meo-run "
-                    "glue`, ...), not of a run")
+            p.error("--full/--smoke/--paper/--jobs/--memory/--gpus/--ray/--csv/--tasks/--seeds are options of tables "
+                    "(`meo-run glue`, ...), not of a run")
         if threads: torch.set_num_threads(threads)
         try: res = run(target, out_dir=out_dir, progress=not quiet, retrain=retrain, **a)
         except KeyboardInterrupt as e:
