@@ -14,8 +14,8 @@ from ..routing import Routing
 from . import merge, register_backend, get_backend
 
 # %% auto #0
-__all__ = ['SOURCE', 'NB', 'KERNEL_ENV', 'spans_of', 'build_dir', 'cpp_available', 'packed', 'packed_bytes', 'clear_packed',
-           'merged_product_cpp', 'cpp_backend']
+__all__ = ['SOURCE', 'NB', 'KERNEL_ENV', 'BLOCK_BYTES', 'GRAD_BLOCK', 'spans_of', 'build_dir', 'cpp_available', 'packed',
+           'packed_bytes', 'clear_packed', 'merged_product_cpp', 'cpp_backend']
 
 # %% ../../nbs/02d_ops_cpp.ipynb #cpp00005
 def spans_of(routing: Routing) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
@@ -126,12 +126,20 @@ def clear_packed():
     _PACKED.clear()
 
 # %% ../../nbs/02d_ops_cpp.ipynb #cpp00035
+BLOCK_BYTES = 6 * 2**20    # the forward's panels of the experts in use read for all rows before the next: ~ L3 share
+GRAD_BLOCK = (32, 512)     # backward: (output rows, input columns) of a block of the expert and gate gradients
+
+def _panels_per_block(index: Tensor, I: int) -> int:
+    "Panels whose packed experts in use (n_used * I * NB floats each) fit BLOCK_BYTES: reused by all rows from cache."
+    return max(1, BLOCK_BYTES // (int(index.unique().numel()) * I * NB * 4))
+
 class _MergedCpp(torch.autograd.Function):
     "The kernel's forward; backward: dx, dweight, dbias, dgate from the kernel (merges made again, never kept)."
     @staticmethod
     def forward(ctx, x, weight, bias, index, gate, row_ptr, span_start, span_len):
         y = x.new_zeros(x.shape[0], weight.shape[1])
-        torch.ops.meo.merged_fwd(x, packed(weight), bias, index, gate, row_ptr, span_start, span_len, y)
+        torch.ops.meo.merged_fwd(x, packed(weight), bias, index, gate, row_ptr, span_start, span_len, y,
+                                 _panels_per_block(index, x.shape[1]))
         ctx.save_for_backward(x, weight, bias, index, gate, row_ptr, span_start, span_len)
         return y
 
@@ -143,13 +151,15 @@ class _MergedCpp(torch.autograd.Function):
         dy, dx, dw, db, dg = dy.contiguous(), None, None, None, None
         if nx:
             dx = torch.zeros_like(x)
-            torch.ops.meo.merged_bwd_x(dy, weight, index, gate, row_ptr, start, length, dx)
+            rows = -(-index.shape[0] // torch.get_num_threads())       # a group of rows per thread
+            torch.ops.meo.merged_bwd_x(dy, weight, index, gate, row_ptr, start, length, dx, rows)
         if nw or nb or ng:
             empty = x.new_zeros(0)
-            dw = torch.zeros_like(weight) if nw else empty
+            dw = torch.empty_like(weight) if nw else empty               # every value written
             db = torch.zeros_like(bias) if nb else empty
             dg = torch.zeros_like(gate) if ng else empty
-            torch.ops.meo.merged_bwd_w(dy, x, weight, bias, index, gate, row_ptr, start, length, dw, db, dg, nw, ng)
+            torch.ops.meo.merged_bwd_w(dy, x, weight, bias, index, gate, row_ptr, start, length, dw, db, dg, nw, ng,
+                                       *GRAD_BLOCK)
         return dx, dw if nw else None, db if nb else None, None, dg if ng else None, None, None, None
 
 # %% ../../nbs/02d_ops_cpp.ipynb #cpp00036

@@ -16,9 +16,8 @@ using at::native::cpublas::brgemm;
 using at::native::cpublas::brgemm_release;
 
 constexpr int64_t NB = 32;    // forward: output columns of a packed panel (meo.ops.cpp.NB)
-constexpr int64_t KB = 64;    // backward dx: output rows merged at a time
+constexpr int64_t KB = 128;   // backward dx: output rows merged at a time
 constexpr int64_t IB = 256;   // backward dx: input columns of a block
-constexpr int64_t OB = 16;    // backward dW, dgate: output rows of a block (all I columns)
 constexpr int64_t UC = 8;     // backward dW, dgate: gate rows of a chunk
 constexpr int64_t KC = 256;   // backward dW, dgate: tokens of dy transposed at a time
 
@@ -88,7 +87,8 @@ void check_bounds(const Rows& R, int64_t N, int64_t n, int64_t S) {
 // For each (row u, panel p): merge the k panels into buf (I, NB), bias into bb, then per span
 // y[span, p*NB:] = bb + x[span] @ buf (brgemm, M = span length, N = NB, K = I).
 void merged_fwd(const Tensor& x, const Tensor& wpack, const std::optional<Tensor>& bias, const Tensor& index,
-                const Tensor& gate, const Tensor& row_ptr, const Tensor& start, const Tensor& len, const Tensor& y) {
+                const Tensor& gate, const Tensor& row_ptr, const Tensor& start, const Tensor& len, const Tensor& y,
+                int64_t panels_per_block) {
   check_call(x, index, gate, row_ptr, start, len);
   const int64_t I = x.size(1), P = wpack.size(1), O = y.size(1);
   TORCH_CHECK(wpack.is_contiguous() && wpack.size(2) == I && wpack.size(3) == NB && P * NB >= O, "wpack: expected (n, ceil(O/32), I, 32)");
@@ -100,11 +100,15 @@ void merged_fwd(const Tensor& x, const Tensor& wpack, const std::optional<Tensor
   const float* wp = wpack.data_ptr<float>();
   const float* bp = bias.has_value() ? bias->data_ptr<float>() : nullptr;
   float* yp = y.data_ptr<float>();
+  const int64_t PB = std::max<int64_t>(1, std::min(panels_per_block, P));
   at::parallel_for(0, R.U * P, 1, [&](int64_t begin, int64_t end) {
     std::vector<float> buf(I * NB);
     float bb[NB];
     for (int64_t it = begin; it < end; ++it) {
-      const int64_t u = it / P, p = it % P, o0 = p * NB, np = std::min(NB, O - o0);
+      // items in blocks of PB panels: all rows of a block, a row's panels one after the other
+      const int64_t blk = it / (R.U * PB), p_first = blk * PB, pb = std::min(PB, P - p_first);
+      const int64_t rem = it - p_first * R.U, u = rem / pb, p = p_first + rem % pb;
+      const int64_t o0 = p * NB, np = std::min(NB, O - o0);
       if (R.empty(u)) continue;
       merge_block(R, u, wp + p * I * NB, P * I * NB, NB, I, NB, buf.data(), NB);
       for (int64_t c = 0; c < np; ++c) {
@@ -124,31 +128,36 @@ void merged_fwd(const Tensor& x, const Tensor& wpack, const std::optional<Tensor
 }
 
 // [part: backward_x]
-// Backward, input gradient: dx[t] = dy[t] W_hat[u]. For each (row u, input block i0): for output rows o0 .. o0+KB
-// merge W_hat[u][o0:o0+KB, i0:i0+IB] from the checkpoint layout (contiguous rows), then per span
-// dx[span, i0:] += dy[span, o0:o0+KB] @ that block (brgemm, K = KB).
+// Backward, input gradient: dx[t] = dy[t] W_hat[u]. Items (input block i0, group of rows): for each chunk of output
+// rows o0 .. o0+KB, for each row u of the group, merge W_hat[u][o0:o0+KB, i0:i0+IB] from the checkpoint layout
+// (contiguous rows), then per span dx[span, i0:] += dy[span, o0:o0+KB] @ that block (brgemm, K = KB). The rows of a
+// group read the same chunk of the experts one after the other, while it is in cache.
 void merged_bwd_x(const Tensor& dy, const Tensor& weight, const Tensor& index, const Tensor& gate,
-                  const Tensor& row_ptr, const Tensor& start, const Tensor& len, const Tensor& dx) {
+                  const Tensor& row_ptr, const Tensor& start, const Tensor& len, const Tensor& dx,
+                  int64_t rows_per_group) {
   check_call(dx, index, gate, row_ptr, start, len);
   const int64_t I = dx.size(1), O = dy.size(1), nI = (I + IB - 1) / IB;
   TORCH_CHECK(weight.is_contiguous() && weight.size(1) == O && weight.size(2) == I, "weight: expected contiguous (n, O, I)");
   TORCH_CHECK(dy.is_contiguous() && dy.scalar_type() == at::kFloat && dy.size(0) == dx.size(0), "dy: expected contiguous float32 (N, O)");
   const Rows R(index, gate, row_ptr, start, len);
   check_bounds(R, dx.size(0), weight.size(0), start.numel());
+  const int64_t UG = std::max<int64_t>(1, std::min(rows_per_group, R.U)), nG = (R.U + UG - 1) / UG;
   const float* w = weight.data_ptr<float>();
   const float* g = dy.data_ptr<float>();
   float* d = dx.data_ptr<float>();
-  at::parallel_for(0, R.U * nI, 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, nI * nG, 1, [&](int64_t begin, int64_t end) {
     std::vector<float> buf(KB * IB);
     for (int64_t it = begin; it < end; ++it) {
-      const int64_t u = it / nI, i0 = (it % nI) * IB, ni = std::min(IB, I - i0);
-      if (R.empty(u)) continue;
+      const int64_t i0 = (it / nG) * IB, ni = std::min(IB, I - i0), u0 = (it % nG) * UG, u1 = std::min(R.U, u0 + UG);
       for (int64_t o0 = 0; o0 < O; o0 += KB) {
         const int64_t ko = std::min(KB, O - o0);
-        merge_block(R, u, w + o0 * I + i0, O * I, I, ko, ni, buf.data(), ni);
-        for (int64_t s = R.row_ptr[u]; s < R.row_ptr[u + 1]; ++s) {
-          const int64_t t0 = R.start[s], M = R.len[s];
-          if (M > 0) brgemm(M, ni, ko, O, ni, I, true, g + t0 * O + o0, buf.data(), d + t0 * I + i0, false);
+        for (int64_t u = u0; u < u1; ++u) {
+          if (R.empty(u)) continue;
+          merge_block(R, u, w + o0 * I + i0, O * I, I, ko, ni, buf.data(), ni);
+          for (int64_t s = R.row_ptr[u]; s < R.row_ptr[u + 1]; ++s) {
+            const int64_t t0 = R.start[s], M = R.len[s];
+            if (M > 0) brgemm(M, ni, ko, O, ni, I, true, g + t0 * O + o0, buf.data(), d + t0 * I + i0, false);
+          }
         }
       }
     }
@@ -157,18 +166,22 @@ void merged_bwd_x(const Tensor& dy, const Tensor& weight, const Tensor& index, c
 }
 
 // [part: backward_w]
-// Backward, expert and gate gradients, a block of OB output rows (all I columns) at a time, no (U, O, I) tensor:
-//   D_u = sum over row u's spans of dy[span, o0:o0+OB]^T x[span]           (brgemm on dy transposed, K = tokens)
-//   dW[:, block] += G^T D   over a chunk of UC rows, G (UC, n) the dense gates  (brgemm, K = UC)
-//   H = W[:, block] D^T,   dgate[u, j] += H[index[u, j], u]   (D transposed; brgemm per output row, K = I)
+// Backward, expert and gate gradients, a block of OB output rows by IW input columns at a time (block_rows,
+// block_cols), no (U, O, I) tensor:
+//   D_u = sum over row u's spans of dy[span, o-block]^T x[span, i-block]  (brgemm on dy transposed, K = tokens)
+//   dW[:, block] (+)= G^T D over a chunk of UC rows, G (UC, n) the dense gates  (brgemm per output row, K = UC; the
+//   first chunk writes, so that dW needs no zero fill: a block no row reaches is filled with zeros)
+//   H = W[:, block] D^T,   dgate[u, j] += H[index[u, j], u]   (D transposed; brgemm per output row, K = IW)
 // Each block's share of dgate is kept apart and summed at the end in double. The bias terms,
 // db_e += gate[u,j] * sum_t dy[t] and dgate[u,j] += <b_e, sum_t dy[t]>, are one pass over dy.
 void merged_bwd_w(const Tensor& dy, const Tensor& x, const Tensor& weight, const std::optional<Tensor>& bias,
                   const Tensor& index, const Tensor& gate, const Tensor& row_ptr, const Tensor& start,
                   const Tensor& len, const Tensor& dweight, const Tensor& dbias, const Tensor& dgate,
-                  bool need_weight, bool need_gate) {
+                  bool need_weight, bool need_gate, int64_t block_rows, int64_t block_cols) {
   check_call(x, index, gate, row_ptr, start, len);
-  const int64_t I = x.size(1), O = dy.size(1), n = weight.size(0), nO = (O + OB - 1) / OB;
+  const int64_t I = x.size(1), O = dy.size(1), n = weight.size(0);
+  const int64_t OB = std::max<int64_t>(1, std::min(block_rows, O)), IW = std::max<int64_t>(1, std::min(block_cols, I));
+  const int64_t nO = (O + OB - 1) / OB, nW = (I + IW - 1) / IW;
   TORCH_CHECK(weight.is_contiguous() && weight.size(1) == O && weight.size(2) == I, "weight: expected contiguous (n, O, I)");
   TORCH_CHECK(dy.is_contiguous() && dy.scalar_type() == at::kFloat && dy.size(0) == x.size(0), "dy: expected contiguous float32 (N, O)");
   TORCH_CHECK(!need_weight || (dweight.is_contiguous() && dweight.sizes() == weight.sizes()), "dweight: expected contiguous like weight");
@@ -182,13 +195,15 @@ void merged_bwd_w(const Tensor& dy, const Tensor& x, const Tensor& weight, const
   const float* xp = x.data_ptr<float>();
   const float* g = dy.data_ptr<float>();
   float* dw = need_weight ? dweight.data_ptr<float>() : nullptr;
-  std::vector<double> part(need_gate ? nO * Uk : 0, 0.0);       // each block's share of dgate
-  if (need_weight || need_gate) at::parallel_for(0, nO, 1, [&](int64_t begin, int64_t end) {
-    std::vector<float> D(UC * OB * I), DT(need_gate ? UC * OB * I : 0), dyT(OB * KC), GT(n * UC), H(n * UC);
+  std::vector<double> part(need_gate ? nO * nW * Uk : 0, 0.0);  // each block's share of dgate
+  if (need_weight || need_gate) at::parallel_for(0, nO * nW, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> D(UC * OB * IW), DT(need_gate ? UC * OB * IW : 0), dyT(OB * KC), GT(n * UC), H(n * UC);
     std::vector<double> Hd(n * UC);
     std::vector<int64_t> rows(UC);
     for (int64_t it = begin; it < end; ++it) {
-      const int64_t o0 = it * OB, no = std::min(OB, O - o0), T = no * I;
+      const int64_t o0 = (it / nW) * OB, i0 = (it % nW) * IW, no = std::min(OB, O - o0), ni = std::min(IW, I - i0);
+      const int64_t T = no * ni;                                 // D_u of the block: (no, ni), contiguous
+      bool first_chunk = true;                                   // dW is written, not added to, by the first chunk
       for (int64_t u0 = 0; u0 < R.U;) {
         int64_t c = 0;                                           // the next (up to) UC rows that serve tokens
         for (; u0 < R.U && c < UC; ++u0) {
@@ -200,24 +215,26 @@ void merged_bwd_w(const Tensor& dy, const Tensor& x, const Tensor& weight, const
               const int64_t t0 = R.start[s] + m0, M = std::min(KC, R.len[s] - m0);
               for (int64_t m = 0; m < M; ++m)
                 for (int64_t r = 0; r < no; ++r) dyT[r * M + m] = g[(t0 + m) * O + o0 + r];
-              brgemm(no, I, M, M, I, I, !first, dyT.data(), xp + t0 * I, Du, false);
+              brgemm(no, ni, M, M, I, ni, !first, dyT.data(), xp + t0 * I + i0, Du, false);
               first = false;
             }
           rows[c++] = u0;
         }
         if (c == 0) continue;
-        if (dw) {                                                // dW[e] += sum_c G[c, e] D_c
+        if (dw) {                                                // dW[e] (+)= sum_q G[q, e] D_q, a row at a time
           std::fill(GT.begin(), GT.end(), 0.f);
           for (int64_t q = 0; q < c; ++q)
             for (int64_t j = 0; j < R.k; ++j) GT[R.index[rows[q] * R.k + j] * c + q] += R.gate[rows[q] * R.k + j];
-          brgemm(n, T, c, c, T, O * I, true, GT.data(), D.data(), dw + o0 * I, false);
+          for (int64_t r = 0; r < no; ++r)
+            brgemm(n, ni, c, c, T, O * I, !first_chunk, GT.data(), D.data() + r * ni, dw + (o0 + r) * I + i0, false);
+          first_chunk = false;
         }
-        if (need_gate) {                                         // H^T (n, c) = W[:, block] (n, T) D^T (T, c)
-          for (int64_t t = 0; t < T; ++t)
-            for (int64_t q = 0; q < c; ++q) DT[t * c + q] = D[q * T + t];
+        if (need_gate) {                                         // H^T (n, c) = W[:, block] D^T, a row at a time
+          for (int64_t q = 0; q < c; ++q)
+            for (int64_t t = 0; t < T; ++t) DT[t * c + q] = D[q * T + t];
           std::fill(Hd.begin(), Hd.end(), 0.0);
-          for (int64_t r = 0; r < no; ++r) {                     // a row at a time, summed in double
-            brgemm(n, c, I, O * I, c, c, false, w + (o0 + r) * I, DT.data() + r * I * c, H.data(), false);
+          for (int64_t r = 0; r < no; ++r) {                     // summed in double over the rows
+            brgemm(n, c, ni, O * I, c, c, false, w + (o0 + r) * I + i0, DT.data() + r * ni * c, H.data(), false);
             for (int64_t q = 0; q < n * c; ++q) Hd[q] += H[q];
           }
           for (int64_t q = 0; q < c; ++q)
@@ -225,11 +242,14 @@ void merged_bwd_w(const Tensor& dy, const Tensor& x, const Tensor& weight, const
               part[it * Uk + rows[q] * R.k + j] += Hd[R.index[rows[q] * R.k + j] * c + q];
         }
       }
+      if (dw && first_chunk)                                     // no row serves a token: dW is 0 here
+        for (int64_t e = 0; e < n; ++e)
+          for (int64_t r = 0; r < no; ++r) std::fill_n(dw + e * O * I + (o0 + r) * I + i0, ni, 0.f);
     }
     brgemm_release(false);
   });
   std::vector<double> gsum(Uk, 0.0);
-  for (int64_t b = 0; b < nO && need_gate; ++b)
+  for (int64_t b = 0; b < nO * nW && need_gate; ++b)
     for (int64_t q = 0; q < Uk; ++q) gsum[q] += part[b * Uk + q];
   if (bias.has_value()) {                                        // the bias terms: one pass over dy
     const float* bp = bias->data_ptr<float>();
@@ -263,12 +283,12 @@ void merged_bwd_w(const Tensor& dy, const Tensor& x, const Tensor& weight, const
 
 TORCH_LIBRARY(meo, m) {
   m.def("merged_fwd(Tensor x, Tensor wpack, Tensor? bias, Tensor index, Tensor gate, Tensor row_ptr, "
-        "Tensor span_start, Tensor span_len, Tensor(a!) y) -> ()");
+        "Tensor span_start, Tensor span_len, Tensor(a!) y, int panels_per_block) -> ()");
   m.def("merged_bwd_x(Tensor dy, Tensor weight, Tensor index, Tensor gate, Tensor row_ptr, Tensor span_start, "
-        "Tensor span_len, Tensor(a!) dx) -> ()");
+        "Tensor span_len, Tensor(a!) dx, int rows_per_group) -> ()");
   m.def("merged_bwd_w(Tensor dy, Tensor x, Tensor weight, Tensor? bias, Tensor index, Tensor gate, Tensor row_ptr, "
         "Tensor span_start, Tensor span_len, Tensor(a!) dweight, Tensor(b!) dbias, Tensor(c!) dgate, "
-        "bool need_weight, bool need_gate) -> ()");
+        "bool need_weight, bool need_gate, int block_rows, int block_cols) -> ()");
 }
 
 TORCH_LIBRARY_IMPL(meo, CPU, m) {
