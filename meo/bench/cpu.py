@@ -4,7 +4,7 @@
 
 # %% ../../nbs/20_bench_cpu.ipynb #6cfdcc85
 from __future__ import annotations
-import argparse, os, statistics, time
+import argparse, os, statistics, sys, time
 from pathlib import Path
 import torch
 from torch import nn, Tensor
@@ -12,12 +12,13 @@ import torch.nn.functional as F
 from ..core import LEVELS, check_choice, check_int
 from ..layers import MoELinear, MEOLinear
 from ..flops import linear_cost
+from ..ops import cpp as _cpp   # registers the backend "cpp" (nothing is built before its first call)
 
 # %% auto #0
-__all__ = ['SERVING_MODES', 'SMOLLM2_SHAPE', 'timeit', 'saved_bytes', 'peak_memory', 'FFN', 'ffn_macs', 'machine_limits',
-           'roofline_ms', 'experts_read', 'ffn_roofline', 'model_roofline', 'side_by_side', 'bench_ffn',
-           'projection_parts', 'parts_table', 'release_memory', 'bench_model', 'bench_serving', 'bench_smollm',
-           'smollm_speed', 'plot_layer', 'main']
+__all__ = ['METHODS', 'SERVING_MODES', 'SMOLLM2_SHAPE', 'timeit', 'saved_bytes', 'peak_memory', 'FFN', 'ffn_macs',
+           'machine_limits', 'roofline_ms', 'experts_read', 'ffn_roofline', 'model_roofline', 'side_by_side',
+           'bench_ffn', 'projection_parts', 'parts_table', 'release_memory', 'bench_model', 'bench_serving',
+           'bench_smollm', 'smollm_speed', 'plot_layer', 'main']
 
 # %% ../../nbs/20_bench_cpu.ipynb #0d1d859c
 def timeit(fn, repeats: int = 5, warmup: int = 1) -> list[float]:
@@ -40,6 +41,29 @@ def saved_bytes(fn, params=()) -> int:
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t): fn()
     return sum(seen.values())
 
+import re, tempfile
+from contextlib import contextmanager
+
+_KINETO_LINE = re.compile(rb"^((USDT|STAGE|INFO|WARNING):\d{4}-\d\d-\d\d [\d:]+ \d+:\d+ \w+\.cpp:\d+\]"
+                          rb"|\[W\d+ [\d:.]+ (\d+ )?CPUAllocator\.cpp:\d+\] Memory block of unknown size)")
+
+@contextmanager
+def _kineto_quiet():
+    """Drop the profiler's own log lines (kineto's C++ writes `USDT: ... profiler_start` / `profiler_stop` to the
+    process's stderr at every profile, whatever KINETO_LOG_LEVEL says, and the allocator notes memory allocated before
+    the profile, which a peak above the start does not need); any other line written to it meanwhile is written to it
+    afterwards."""
+    sys.stderr.flush()
+    saved, tmp = os.dup(2), tempfile.TemporaryFile(mode="w+b")
+    os.dup2(tmp.fileno(), 2)
+    try: yield
+    finally:
+        sys.stderr.flush(); os.dup2(saved, 2); os.close(saved)
+        tmp.seek(0)
+        keep = b"".join(l for l in tmp.read().splitlines(True) if not _KINETO_LINE.match(l))
+        tmp.close()
+        if keep: os.write(2, keep)                                  # back where it was written
+
 def peak_memory(fn) -> int:
     "Peak bytes allocated by `fn` above those allocated before (CUDA allocator stats, CPU profiler memory events)."
     if torch.cuda.is_available():
@@ -47,23 +71,31 @@ def peak_memory(fn) -> int:
         fn(); torch.cuda.synchronize()
         return torch.cuda.max_memory_allocated() - base
     from torch.profiler import profile, ProfilerActivity
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof: fn()
+    with _kineto_quiet():
+        with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof: fn()
     live = peak = 0
     for e in sorted((e for e in prof.events() if e.self_cpu_memory_usage), key=lambda e: e.time_range.start):
         live += e.self_cpu_memory_usage; peak = max(peak, live)
     return peak
 
 # %% ../../nbs/20_bench_cpu.ipynb #c21312ea
+METHODS = ("dense", "moe", "meo", "meo-cpp")   # meo-cpp: MEO by the backend "cpp" (the compiled CPU kernel)
+
+def _math(method: str) -> str:
+    "The method whose arithmetic a row does: meo-cpp computes MEO."
+    return "meo" if method == "meo-cpp" else method
+
 class FFN(nn.Module):
     "A feed-forward block with dense, MoE or MEO projections."
     def __init__(self, d: int, d_ff: int, method: str = "dense", n_experts: int = 16, k: int = 4,
                  level: str = "sequence"):
         super().__init__()
-        self.method, self.level = check_choice("method", method, ("dense", "moe", "meo")), level
+        self.method, self.level = check_choice("method", method, METHODS), level
         up, down = nn.Linear(d, d_ff), nn.Linear(d_ff, d)
         if method != "dense":
-            cls = MEOLinear if method == "meo" else MoELinear
-            up, down = [cls.from_linear(l, n_experts, k, level, n_tasks=1, init_noise=0.1) for l in (up, down)]
+            cls = MEOLinear if _math(method) == "meo" else MoELinear
+            kw = dict(backend="cpp") if method == "meo-cpp" else {}
+            up, down = [cls.from_linear(l, n_experts, k, level, n_tasks=1, init_noise=0.1, **kw) for l in (up, down)]
             g = torch.Generator().manual_seed(0)
             with torch.no_grad():
                 for layer in (up, down): layer.router.w_gate.copy_(torch.randn(layer.router.w_gate.shape, generator=g))
@@ -75,7 +107,7 @@ class FFN(nn.Module):
 
 def ffn_macs(d, d_ff, batch, seq_len, method, n_experts, k, level) -> int:
     "Multiply-adds of one FFN block (`meo.flops.linear_cost`, both projections)."
-    kw = dict(batch=batch, seq_len=seq_len, method=method, n_experts=n_experts, k=k, level=level)
+    kw = dict(batch=batch, seq_len=seq_len, method=_math(method), n_experts=n_experts, k=k, level=level)
     return linear_cost(d, d_ff, **kw).macs + linear_cost(d_ff, d, **kw).macs
 
 # %% ../../nbs/20_bench_cpu.ipynb #d41d6097
@@ -97,7 +129,7 @@ def roofline_ms(macs: float, nbytes: float, limits: dict) -> float:
 
 def experts_read(method: str, level: str, n_experts: int, k: int, batch: int, seq_len: int) -> int:
     "Expert matrices a projection reads at least once: 1 for dense, else those some routing group selects (<= n)."
-    return 1 if method == "dense" else min(n_experts, routing_groups(method, level, batch, seq_len) * k)
+    return 1 if method == "dense" else min(n_experts, routing_groups(_math(method), level, batch, seq_len) * k)
 
 def _bound(limits, macs, weights, grads, acts, pass_):
     "Forward: macs, weights + activations; a training step: 3x the macs, weights twice, gradients, activations twice."
@@ -151,17 +183,22 @@ def _pass_fn(module: nn.Module, x: Tensor, pass_: str):
 
 def bench_ffn(d: int = 768, d_ff: int = 3072, batch: int = 16, seq_len: int = 128, n_experts: int = 16,
               ks=(1, 2, 4, 8, 16), levels=LEVELS, passes=("forward", "train"), repeats: int = 5,
-              dtype=torch.float32, device: str = "cpu", memory: bool = True, limits: dict | None = None) -> list[dict]:
+              dtype=torch.float32, device: str = "cpu", memory: bool = True, limits: dict | None = None,
+              methods=None) -> list[dict]:
     """Time dense, MoE and MEO FFN blocks side by side; one row per (level, method, k, pass) with the median ms (and,
-    given the machine's `limits`, its roofline bound)."""
+    given the machine's `limits`, its roofline bound). `methods`: besides dense (default: moe, meo, and meo-cpp where
+    the compiled kernel is built)."""
     rows = []
     dev = torch.device(device)
+    if methods is None:
+        cpp = dev.type == "cpu" and dtype == torch.float32 and _cpp.cpp_available()
+        methods = ("moe", "meo") + (("meo-cpp",) if cpp else ())
     x = torch.randn(batch, seq_len, d, device=dev, dtype=dtype, requires_grad=True)
     dense = FFN(d, d_ff).to(dev, dtype)
     for level in levels:
         for k in ks:
             models = {"dense": dense,
-                      **{m: FFN(d, d_ff, m, n_experts, k, level).to(dev, dtype) for m in ("moe", "meo")}}
+                      **{m: FFN(d, d_ff, m, n_experts, k, level).to(dev, dtype) for m in methods}}
             for pass_ in passes:
                 fns = {m: _pass_fn(mod, x, pass_) for m, mod in models.items()}
                 ms = side_by_side(fns, repeats)
@@ -178,6 +215,9 @@ def bench_ffn(d: int = 768, d_ff: int = 3072, batch: int = 16, seq_len: int = 12
                         mod = models[m].train()
                         row["saved_mb"] = round(saved_bytes(lambda: mod(x), list(mod.parameters())) / 2**20, 3)
                         row["peak_mb"] = round(peak_memory(fns[m]) / 2**20, 1)
+                    if m == "meo-cpp":
+                        pk = [_cpp.packed(l.weight) for l in (models[m].up, models[m].down)]
+                        row["packed_mb"] = round(sum(t.numel() * t.element_size() for t in pk) / 2**20, 3)
                     rows.append(row)
     return rows
 
@@ -427,6 +467,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--no-model", action="store_true"); p.add_argument("--tag", default="")
     p.add_argument("--no-layer", action="store_true", help="skip the FFN sweep (whole model only)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--ks", type=int, nargs="+", default=[1, 2, 4, 8, 16], help="k of the FFN sweep")
+    p.add_argument("--levels", nargs="+", default=list(LEVELS), choices=list(LEVELS), help="levels of the FFN sweep")
+    p.add_argument("--passes", nargs="+", default=["forward", "train"], choices=["forward", "train"],
+                   help="passes of the FFN sweep")
     p.add_argument("--model-ks", type=int, nargs="+", default=[1, 4, 16],
                    help="k of the whole-model comparison")
     p.add_argument("--model-memory", action=argparse.BooleanOptionalAction, default=True,
@@ -454,9 +498,9 @@ def _layer_sweep(a, out: Path, suffix: str, info: dict):
     "The FFN sweep: bench_machine.json (before the long part), the layer CSV and its plot."
     import pandas as pd
     (out / f"bench_machine{suffix}.json").write_text(json.dumps(info, indent=1))
-    shapes = dict(d=64, d_ff=256, batch=4, seq_len=32, ks=(1, 2)) if a.quick else {}
-    layer = pd.DataFrame(bench_ffn(**shapes, repeats=a.repeats, dtype=getattr(torch, a.dtype), device=a.device,
-                                   limits=info))
+    shapes = dict(d=64, d_ff=256, batch=4, seq_len=32, ks=(1, 2)) if a.quick else dict(ks=tuple(a.ks))
+    layer = pd.DataFrame(bench_ffn(**shapes, levels=tuple(a.levels), passes=tuple(a.passes), repeats=a.repeats,
+                                   dtype=getattr(torch, a.dtype), device=a.device, limits=info))
     layer.to_csv(out / f"bench_layer{suffix}.csv", index=False)
     plot_layer(layer, out / f"bench_layer{suffix}.png")
     for col in ("ratio_to_dense", "roofline_ratio"):

@@ -203,7 +203,7 @@ class Backend:
     apply: Callable | None = None     # apply(x, W, b, layout): merged weights given (decoding); None: `apply_merged`
 
 BACKENDS: dict = {}                                            # name -> Backend, the registered ones
-BUILTIN = {"torch": "meo.ops.cpu", "triton": "meo.ops.triton"}  # name -> the module that registers it on import
+BUILTIN = {"torch": "meo.ops.cpu", "triton": "meo.ops.triton", "cpp": "meo.ops.cpp"}   # name -> module registering it
 
 def register_backend(name: str, fn: Callable, options: tuple = (), check: Callable | None = None,
                      about: str = "", apply: Callable | None = None) -> Backend:
