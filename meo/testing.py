@@ -354,11 +354,20 @@ def launch(nproc: int, *args, module: str = "meo.testing", timeout: float = 900)
     root = str(Path(meo.__file__).resolve().parent.parent)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([root] + [p for p in [os.environ.get("PYTHONPATH")] if p]),
            "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_addr", "127.0.0.1",
-           "--master_port", str(_free_port()), "-m", module, *map(str, args)]
-    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
-    if r.returncode: raise RuntimeError(f"{' '.join(cmd)} failed ({r.returncode}):\n{(r.stdout + r.stderr)[-4000:]}")
-    return r
+    for attempt in (1, 2):
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_addr",
+               "127.0.0.1", "--master_port", str(_free_port()), "-m", module, *map(str, args)]
+        r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+        # seen once in ~10 runs on a loaded two-core machine: a process aborts in C++ teardown after its check ran
+        # ("terminate called without an active exception"); the whole check runs again, once, and says so
+        if r.returncode and attempt == 1 and _TEARDOWN_ABORT in r.stderr:
+            print(f"meo.testing.launch: a process aborted at teardown ({_TEARDOWN_ABORT!r}): again", file=sys.stderr)
+            continue
+        if r.returncode:
+            raise RuntimeError(f"{' '.join(cmd)} failed ({r.returncode}):\n{(r.stdout + r.stderr)[-4000:]}")
+        return r
+
+_TEARDOWN_ABORT = "terminate called without an active exception"
 
 def main(argv=None):
     "python -m meo.testing CHECK [CHECK ...] OUT: run checks of `CHECKS` (under torchrun for several processes)."
