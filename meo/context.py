@@ -152,7 +152,7 @@ class StackContext:
         if routing.state is not None and call is not None: call.new_states[layer._meo_name] = routing.state
 
     def merged(self, layer: ExpertLinear, h: Tensor, routing: Routing) -> Tensor | None:
-        "In evaluation without autograd, with a generation cache: the decoding product, from what the cache's store keeps."
+        "In evaluation without autograd, with a generation cache: the decoding product from the cache's store."
         call = current_call(self)
         if torch.is_grad_enabled() or layer.training or call is None or call.cache is None: return None
         if torch.compiler.is_compiling() or call.store is None: return None   # the reuse test reads values

@@ -10,7 +10,7 @@ from torch import Tensor
 from .routing import Routing
 from .layers import MEOLinear
 from . import ops
-from .ops import RowLayout, examples_layout, apply_rows
+from .ops import RowLayout, row_layout, examples_layout, apply_rows
 
 # %% auto #0
 __all__ = ['DECODE_CACHE_BYTES', 'RoutingStore', 'routing_store']
@@ -69,10 +69,13 @@ class _Kept:
     layout: RowLayout | None = None   # row b uses kept routing example_row[b]; None: the expert-space product
 
 def _decode(layer: MEOLinear, h: Tensor, r: Routing, store: dict) -> Tensor | None:
-    "Without autograd, one token per sequence: the product from merged weights kept in `store`, or in expert space."
+    "Without autograd, in a generation: the product from merged weights kept in `store`, or in expert space."
     B, T = h.shape[:2]
-    if T != 1 or DECODE_CACHE_BYTES <= 0: return None                    # a prompt, or nothing kept: the full product
-    eg = r.group[:, 0]                                                    # (B,) each row's gate row (its one token's)
+    if DECODE_CACHE_BYTES <= 0: return None                               # nothing kept: the full product
+    if T == 1: eg = r.group[:, 0]                                         # (B,) each row's gate row (its one token's)
+    else:                                      # a prompt: kept where each sequence has one routing (task, encoder's)
+        if layer.level == "token" or (lay := row_layout(r)).example_row is None: return None
+        r, eg = lay, lay.example_row
     # the rows in use only: a causal router also routes the segment after the current one, whose prefix changes
     # with every token, and keying on it would merge anew at every step
     index, gate = r.index[eg], r.gate[eg]                                 # (B, k)
@@ -80,10 +83,11 @@ def _decode(layer: MEOLinear, h: Tensor, r: Routing, store: dict) -> Tensor | No
     name, version = getattr(layer, "_meo_name", id(layer)), (layer.weight._version, h.dtype)
     kept = store.get(name)
     if (kept is None or kept.version != version or kept.index.shape != index.shape
+            or (kept.layout is not None and kept.layout.token_row.shape[1] != T)
             or not (torch.equal(kept.index, index) and torch.equal(kept.gate, gate))):
         kept = store[name] = _keep(layer, kept if kept is not None and kept.version == version else None,
-                                   index, gate, version, h.dtype)
-    if kept.layout is None: return _expert_space(layer, h, index, gate)
+                                   index, gate, version, h.dtype, T)
+    if kept.layout is None: return _expert_space(layer, h, index, gate) if T == 1 else None
     return apply_rows(h, kept.W, kept.b, kept.layout, layer.backend)
 
 def _expert_space(layer: MEOLinear, h: Tensor, index: Tensor, gate: Tensor) -> Tensor:
@@ -92,7 +96,8 @@ def _expert_space(layer: MEOLinear, h: Tensor, index: Tensor, gate: Tensor) -> T
     return ops.moe_product(h[:, 0], W, b, index, gate)[:, None]
 
 # %% ../nbs/03c_decoding.ipynb #e0b9a2c7
-def _keep(layer: MEOLinear, old: _Kept | None, index: Tensor, gate: Tensor, version: tuple, dtype) -> _Kept:
+def _keep(layer: MEOLinear, old: _Kept | None, index: Tensor, gate: Tensor, version: tuple, dtype,
+          T: int = 1) -> _Kept:
     """The state for a step whose routing changed: if its U distinct routings are no more than the E experts they use
     (and fit `DECODE_CACHE_BYTES`), the merged weight of each, merging only those `old` does not keep; else none."""
     k, O, I = layer.k, layer.out_features, layer.in_features
@@ -115,4 +120,4 @@ def _keep(layer: MEOLinear, old: _Kept | None, index: Tensor, gate: Tensor, vers
         if len(new):
             Wm[new] = ops.merge(W, ui[new], ug[new])
             if b is not None: bm[new] = ops.merge(b, ui[new], ug[new])
-    return _Kept(index, gate, version, uniq, Wm, bm, examples_layout(ui, ug, inv, 1))
+    return _Kept(index, gate, version, uniq, Wm, bm, examples_layout(ui, ug, inv, T))   # T tokens per row

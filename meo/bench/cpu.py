@@ -456,7 +456,8 @@ def _gen_model(base, method: str, level: str | None, k: int | None, n: int, bloc
     from meo.convert import moefy, set_task_ids
     model = copy.deepcopy(base)
     if method == "dense": return model.eval()
-    moefy(model, method=method, n_experts=n, k=k, level=level, blocks=blocks, **({"n_tasks": 1} if level == "task" else {}))
+    moefy(model, method=method, n_experts=n, k=k, level=level, blocks=blocks,
+          **({"n_tasks": 1} if level == "task" else {}))
     g = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for r in (m for m in model.modules() if isinstance(m, Router)):

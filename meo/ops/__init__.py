@@ -62,9 +62,20 @@ def merge(weight: Tensor,   # (n, ...) expert tensors: weights (n, O, I) or bias
     "The merged experts of every gate row: `sum_j gate[g, j] * weight[index[g, j]]`."
     G, k = index.shape
     gate = gate.to(weight.dtype)
+    if G * k <= 64 and weight.device.type == "cpu" and not torch.compiler.is_compiling() and not (
+            torch.is_grad_enabled() and (weight.requires_grad or gate.requires_grad)):
+        return _merge_views(weight, index.tolist(), gate.tolist())
     out = weight.new_zeros(G, *weight.shape[1:])
     for j in range(k):                                                   # k passes, no (G, k, ...) tensor
         out = out + gate[:, j].view(G, *([1] * (weight.dim() - 1))) * weight[index[:, j]]
+    return out
+
+def _merge_views(weight: Tensor, index: list, gate: list) -> Tensor:
+    "Without autograd, few rows (decoding): per row, k scaled adds of expert views; no weight-sized temporary."
+    out = weight.new_empty(len(index), *weight.shape[1:])
+    for r, (idx, g) in enumerate(zip(index, gate)):
+        torch.mul(weight[idx[0]], g[0], out=out[r])
+        for e, a in zip(idx[1:], g[1:]): out[r].add_(weight[e], alpha=a)
     return out
 
 # %% ../../nbs/02_ops.ipynb #b3459d60
