@@ -28,6 +28,10 @@ def moe_product(x: Tensor,             # (N, I) tokens
     if torch.compiler.is_compiling(): return _moe_static(x, weight, bias, index, gate)
     N, k = index.shape
     if N == 0: return F.linear(x, weight.sum(0), None if bias is None else bias.sum(0))  # (0, O), graph kept
+    if N == 1:                                   # one token (decoding a batch of one): its k experts, views, no sort
+        g = gate[0].to(x.dtype)
+        return sum(g[j] * F.linear(x, weight[e], None if bias is None else bias[e])
+                   for j, e in enumerate(index[0].tolist()))
     out = x.new_zeros(N, weight.shape[1])
     flat = index.reshape(-1)                                        # (N*k,) expert of each (token, slot)
     order = torch.argsort(flat, stable=True)
