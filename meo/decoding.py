@@ -74,12 +74,12 @@ def _decode(layer: MEOLinear, h: Tensor, r: Routing, store: dict) -> Tensor | No
     if DECODE_CACHE_BYTES <= 0: return None                               # nothing kept: the full product
     if T == 1: eg = r.group[:, 0]                                         # (B,) each row's gate row (its one token's)
     else:                                      # a prompt: kept where each sequence has one routing (task, encoder's)
-        if layer.level == "token" or (lay := row_layout(r)).example_row is None: return None
+        if layer.router.level == "token" or (lay := row_layout(r)).example_row is None: return None
         r, eg = lay, lay.example_row
     # the rows in use only: a causal router also routes the segment after the current one, whose prefix changes
     # with every token, and keying on it would merge anew at every step
     index, gate = r.index[eg], r.gate[eg]                                 # (B, k)
-    if layer.level == "token": return _expert_space(layer, h, index, gate)   # routed anew at every token
+    if layer.router.level == "token": return _expert_space(layer, h, index, gate)   # routed anew at every token
     name, version = getattr(layer, "_meo_name", id(layer)), (layer.weight._version, h.dtype)
     kept = store.get(name)
     if (kept is None or kept.version != version or kept.index.shape != index.shape
