@@ -151,12 +151,12 @@ class StackContext:
         call = current_call(self)
         if routing.state is not None and call is not None: call.new_states[layer._meo_name] = routing.state
 
-    def merged(self, layer: ExpertLinear, h: Tensor, layout) -> Tensor | None:
-        "In evaluation without autograd, with a generation cache: the product from merged weights kept on the cache."
+    def merged(self, layer: ExpertLinear, h: Tensor, routing: Routing) -> Tensor | None:
+        "In evaluation without autograd, with a generation cache: the decoding product from the cache's store."
         call = current_call(self)
         if torch.is_grad_enabled() or layer.training or call is None or call.cache is None: return None
         if torch.compiler.is_compiling() or call.store is None: return None   # the reuse test reads values
-        return _decode(layer, h, layout, call.store.merged)
+        return _decode(layer, h, routing, call.store.merged)
 
 # %% ../nbs/03d_context.ipynb #637468c8
 _CACHE_NAMES = ("cache", "past_key_values")

@@ -4,12 +4,13 @@
 
 # %% ../nbs/03c_decoding.ipynb #8d09c386
 from __future__ import annotations
+from dataclasses import dataclass, replace
 import torch
 from torch import Tensor
 from .routing import Routing
 from .layers import MEOLinear
 from . import ops
-from .ops import RowLayout, examples_layout, apply_rows
+from .ops import RowLayout, row_layout, examples_layout, apply_rows
 
 # %% auto #0
 __all__ = ['DECODE_CACHE_BYTES', 'RoutingStore', 'routing_store']
@@ -53,25 +54,70 @@ def routing_store(cache) -> RoutingStore | None:
     layers = _cache_layers(cache) or []
     return next((l for l in layers if isinstance(l, RoutingStore)), None)
 
-# %% ../nbs/03c_decoding.ipynb #d9f53466
-DECODE_CACHE_BYTES = 2 ** 29   # largest merged-weight set one layer keeps for decoding (512 MB)
+# %% ../nbs/03c_decoding.ipynb #8740ff55
+DECODE_CACHE_BYTES = 2 ** 29   # largest merged-weight set one layer keeps for decoding (512 MB); 0: keep nothing
 
-def _decode(layer: MEOLinear, h: Tensor, lay: RowLayout, store: dict) -> Tensor | None:
-    "Without autograd (generation): the product from the merged weights in `store`, merged anew if the routing changed."
+@dataclass(frozen=True)
+class _Kept:
+    "One layer's decoding state: the last step's routing, and the merged weights of the routings in use."
+    index: Tensor                   # (B, k) long: each row's experts at the last step
+    gate: Tensor                    # (B, k): their gates
+    version: tuple                  # (the experts' version, the compute dtype) the merged weights were made for
+    keys: Tensor | None = None      # (U, 2k) the distinct routings kept: experts, gates
+    W: Tensor | None = None         # (U, O, I) their merged weights
+    b: Tensor | None = None         # (U, O) their merged biases
+    layout: RowLayout | None = None   # row b uses kept routing example_row[b]; None: the expert-space product
+
+def _decode(layer: MEOLinear, h: Tensor, r: Routing, store: dict) -> Tensor | None:
+    "Without autograd, in a generation: the product from merged weights kept in `store`, or in expert space."
     B, T = h.shape[:2]
-    if lay.example_row is None and T != 1: return None                        # a prompt: several segments
-    eg = lay.example_row if lay.example_row is not None else lay.token_row[:, 0]   # (B,) each example's row
+    if DECODE_CACHE_BYTES <= 0: return None                               # nothing kept: the full product
+    if T == 1: eg = r.group[:, 0]                                         # (B,) each row's gate row (its one token's)
+    else:                                      # a prompt: kept where each sequence has one routing (task, encoder's)
+        if layer.router.level == "token" or (lay := row_layout(r)).example_row is None: return None
+        r, eg = lay, lay.example_row
     # the rows in use only: a causal router also routes the segment after the current one, whose prefix changes
     # with every token, and keying on it would merge anew at every step
-    key = torch.cat([lay.index[eg].to(lay.gate.dtype), lay.gate[eg]], 1)      # (B, 2k): experts and gates
-    uniq, inv = torch.unique(key, dim=0, return_inverse=True)                 # distinct routings (beams share)
+    index, gate = r.index[eg], r.gate[eg]                                 # (B, k)
+    if layer.router.level == "token": return _expert_space(layer, h, index, gate)   # routed anew at every token
     name, version = getattr(layer, "_meo_name", id(layer)), (layer.weight._version, h.dtype)
-    ent = store.get(name)
-    if ent is None or ent[1] != version or ent[0].shape != uniq.shape or not torch.equal(ent[0], uniq):
-        if uniq.shape[0] * layer.out_features * layer.in_features * h.element_size() > DECODE_CACHE_BYTES:
-            return None
-        ui, ug = uniq[:, :layer.k].long(), uniq[:, layer.k:]
-        W, b = layer.weight.to(h.dtype), None if layer.bias is None else layer.bias.to(h.dtype)
-        ent = store[name] = (uniq, version, ops.merge(W, ui, ug), None if b is None else ops.merge(b, ui, ug))
-    lay = examples_layout(ent[0][:, :layer.k].long(), ent[0][:, layer.k:], inv, T)   # example b uses routing inv[b]
-    return apply_rows(h, ent[2], ent[3], lay, layer.backend)
+    kept = store.get(name)
+    if (kept is None or kept.version != version or kept.index.shape != index.shape
+            or (kept.layout is not None and kept.layout.token_row.shape[1] != T)
+            or not (torch.equal(kept.index, index) and torch.equal(kept.gate, gate))):
+        kept = store[name] = _keep(layer, kept if kept is not None and kept.version == version else None,
+                                   index, gate, version, h.dtype, T)
+    if kept.layout is None: return _expert_space(layer, h, index, gate) if T == 1 else None
+    return apply_rows(h, kept.W, kept.b, kept.layout, layer.backend)
+
+def _expert_space(layer: MEOLinear, h: Tensor, index: Tensor, gate: Tensor) -> Tensor:
+    "The step in expert space (B, 1, O): each expert in use read once, each row times its k gates."
+    W, b = layer.weight.to(h.dtype), None if layer.bias is None else layer.bias.to(h.dtype)
+    return ops.moe_product(h[:, 0], W, b, index, gate)[:, None]
+
+# %% ../nbs/03c_decoding.ipynb #e0b9a2c7
+def _keep(layer: MEOLinear, old: _Kept | None, index: Tensor, gate: Tensor, version: tuple, dtype,
+          T: int = 1) -> _Kept:
+    """The state for a step whose routing changed: if its U distinct routings are no more than the E experts they use
+    (and fit `DECODE_CACHE_BYTES`), the merged weight of each, merging only those `old` does not keep; else none."""
+    k, O, I = layer.k, layer.out_features, layer.in_features
+    uniq, inv = torch.unique(torch.cat([index.to(gate.dtype), gate], 1), dim=0, return_inverse=True)   # (U, 2k)
+    U, E = uniq.shape[0], torch.unique(index).numel()
+    if U > E or U * O * I * torch.empty((), dtype=dtype).element_size() > DECODE_CACHE_BYTES:
+        return _Kept(index, gate, version) if old is None else replace(old, index=index, gate=gate, layout=None)
+    ui, ug = uniq[:, :k].long(), uniq[:, k:]
+    W, b = layer.weight.to(dtype), None if layer.bias is None else layer.bias.to(dtype)
+    if old is None or old.keys is None: pos = torch.full((U,), -1, device=index.device)
+    else:
+        eq = (uniq[:, None] == old.keys[None]).all(-1)                              # (U, M) routing u is kept as m
+        pos = torch.where(eq.any(1), eq.int().argmax(1), -1)
+    new = (pos < 0).nonzero().squeeze(1)                                          # routings not kept: merged now
+    if len(new) == U: Wm, bm = ops.merge(W, ui, ug), None if b is None else ops.merge(b, ui, ug)
+    elif len(new) == 0 and U == old.keys.shape[0] and torch.equal(pos, torch.arange(U, device=pos.device)):
+        Wm, bm = old.W, old.b                                                     # the same set, rows elsewhere
+    else:
+        Wm, bm = old.W[pos.clamp(min=0)], None if b is None else old.b[pos.clamp(min=0)]
+        if len(new):
+            Wm[new] = ops.merge(W, ui[new], ug[new])
+            if b is not None: bm[new] = ops.merge(b, ui[new], ug[new])
+    return _Kept(index, gate, version, uniq, Wm, bm, examples_layout(ui, ug, inv, T))   # T tokens per row

@@ -64,8 +64,8 @@ class LayerContext(Protocol):
         "`x` viewed as (B, L, I), and the routing inputs of the running call (what the caller `given` first)."
     def routed(self, layer: nn.Module, routing: Routing) -> None:
         "Keep what the call produced besides the output: a causal layer's prefix sums, for the next decoding step."
-    def merged(self, layer: nn.Module, h: Tensor, layout: RowLayout) -> Tensor | None:
-        "The product from merged weights kept between decoding steps, or None to compute it as usual."
+    def merged(self, layer: nn.Module, h: Tensor, routing: Routing) -> Tensor | None:
+        "The decoding product, from what is kept between decoding steps (before any layout), or None: as usual."
 
 class AuxLossGrad(torch.autograd.Function):
     "Identity on the gates; in backward it also starts the aux loss's gradient (weight `scale`), in the main backward."
@@ -221,9 +221,9 @@ class MEOLinear(ExpertLinear):
     def product(self, h: Tensor, r: Routing) -> Tensor:
         if self.token_attn is not None: h = self.token_attn(h)
         h = h.to(_compute_dtype(self, h))
-        lay = row_layout(r)                                             # which tokens share a merged weight: once
-        y = self.context.merged(self, h, lay) if self.context is not None else None   # decoding: merged weights kept
+        y = self.context.merged(self, h, r) if self.context is not None else None     # decoding: what the store keeps
         if y is not None: return y
+        lay = row_layout(r)                                             # which tokens share a merged weight: once
         W, b = _experts_in(self, h.dtype)
         with autocast_off(h.device.type):                               # one dtype inside: autocast's, or the experts'
             return merged_product(h, W, b, lay, self.backend, **self.options)

@@ -18,7 +18,7 @@ from ..ops import cpp as _cpp   # registers the backend "cpp" (nothing is built 
 __all__ = ['METHODS', 'SERVING_MODES', 'SMOLLM2_SHAPE', 'timeit', 'saved_bytes', 'peak_memory', 'FFN', 'ffn_macs',
            'machine_limits', 'roofline_ms', 'experts_read', 'ffn_roofline', 'model_roofline', 'side_by_side',
            'bench_ffn', 'projection_parts', 'parts_table', 'release_memory', 'bench_model', 'bench_serving',
-           'bench_smollm', 'smollm_speed', 'plot_layer', 'main']
+           'bench_smollm', 'smollm_speed', 'gen_matrices', 'bench_generate', 'plot_layer', 'main']
 
 # %% ../../nbs/20_bench_cpu.ipynb #0d1d859c
 def timeit(fn, repeats: int = 5, warmup: int = 1) -> list[float]:
@@ -439,6 +439,85 @@ def smollm_speed(df):
         out[f"{p} meo/moe"] = out[f"{p} meo"] / out[f"{p} moe"]
     return out
 
+# %% ../../nbs/20_bench_cpu.ipynb #8b24c761
+from math import comb
+from ..routing import Router
+
+def gen_matrices(method: str, level: str, n: int, k: int, batch: int) -> int:
+    "Weight matrices one decoding step reads per converted projection, at most: dense 1, MoE E, MEO min(U, E)."
+    if method == "dense": return 1
+    U = {"token": batch, "sequence": min(batch, comb(n, k)), "task": 1}[level]   # distinct routings, at most
+    E = min(n, U * k)                                                            # experts in use
+    return E if method == "moe" else min(U, E)
+
+def _gen_model(base, method: str, level: str | None, k: int | None, n: int, blocks):
+    "A copy of `base`, converted with random routers (a trained router routes examples apart; a new one does not)."
+    import copy
+    from meo.convert import moefy, set_task_ids
+    model = copy.deepcopy(base)
+    if method == "dense": return model.eval()
+    moefy(model, method=method, n_experts=n, k=k, level=level, blocks=blocks,
+          **({"n_tasks": 1} if level == "task" else {}))
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for r in (m for m in model.modules() if isinstance(m, Router)):
+            r.w_gate.copy_(torch.randn(r.w_gate.shape, generator=g))
+            if r.level == "task": r.task_embed.copy_(torch.randn(r.task_embed.shape, generator=g))
+    if level == "task": set_task_ids(model, [0])
+    return model.eval()
+
+def _block_weights(model, itemsize: int) -> tuple[int, int]:
+    "(converted blocks, bytes of one converted block's projections as dense matrices O * I)."
+    from meo.layers import ExpertLinear
+    layers = [m for m in model.modules() if isinstance(m, ExpertLinear)]
+    blocks = {getattr(m, "_meo_name", "").rsplit(".", 2)[0] for m in layers}
+    return len(blocks), sum(m.out_features * m.in_features for m in layers) * itemsize // max(len(blocks), 1)
+
+# %% ../../nbs/20_bench_cpu.ipynb #8b3a9c73
+def bench_generate(batches=(1, 4, 8, 32), ks=(2, 4), n: int = 8, levels=("token", "sequence", "task"),
+                   blocks=("all", "every:6"), layers: int | None = None, prompt: int = 48, new_tokens: int = 64,
+                   repeats: int = 1, limits: dict | None = None, dry_run: bool = False) -> list[dict]:
+    "Greedy generate() tokens/s of SmolLM2-135M's shape: dense, MoE, MEO, each row beside its step bytes and bound."
+    from transformers import LlamaConfig, LlamaForCausalLM
+    from meo.testing import tiny_config
+    shape = {**SMOLLM2_SHAPE, **({"num_hidden_layers": layers} if layers else {})}
+    config = tiny_config("llama", vocab_size=100) if dry_run else LlamaConfig(**shape)
+    torch.manual_seed(0)
+    base = LlamaForCausalLM(config).float()
+    limits = limits or machine_limits(size=256, mb=64)
+    variants = [(b, m, l, k) for b in blocks for l in levels for k in ks if k <= n for m in ("moe", "meo")]
+    models = {("all", "dense", None, None): _gen_model(base, "dense", None, None, n, None)}
+    models.update({v: _gen_model(base, v[1], v[2], v[3], n, None if v[0] == "all" else v[0]) for v in variants})
+    g = torch.Generator().manual_seed(0)
+    rows = []
+    for B in batches:
+        ids = torch.randint(3, config.vocab_size, (B, prompt), generator=g)
+        def run(model, tokens=new_tokens):
+            with torch.no_grad():
+                model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=tokens,
+                               min_new_tokens=tokens, pad_token_id=2)
+        for m in models.values(): run(m, 2)                                 # warm-up
+        times = {v: [] for v in models}
+        for _ in range(repeats):
+            for v, m in models.items(): times[v] += timeit(lambda: run(m), 1, 0)
+        dense_s = min(times["all", "dense", None, None])
+        w = next(_block_weights(m, 4)[1] for v, m in models.items() if v[1] != "dense")   # one block's O * I bytes
+        for (bl, method, level, k), t in times.items():
+            s, nb = min(t), _block_weights(models[bl, method, level, k], 4)[0]
+            reads = 1 if method == "dense" else gen_matrices(method, level, n, k, B)
+            bound_s = dense_s + new_tokens * nb * (reads - 1) * w / (limits["copy_gbs"] * 1e9)
+            rows.append(dict(model="smollm2-135m", layers=config.num_hidden_layers, blocks=bl, method=method,
+                             level=level, k=k, n_experts=None if k is None else n, batch=B, prompt=prompt,
+                             new_tokens=new_tokens, s=round(s, 4), tok_s=round(B * new_tokens / s, 2),
+                             vs_dense=round(dense_s / s, 4), step_mb=round(reads * w / 2**20, 3),
+                             bound_tok_s=round(B * new_tokens / bound_s, 2), vs_bound=round(bound_s / s, 4),
+                             copy_gbs=limits["copy_gbs"], threads=torch.get_num_threads()))
+        for r in rows[-len(times):]:                                            # each MEO row beside its MoE row
+            moe = [q for q in rows[-len(times):] if q["method"] == "moe" and
+                   (q["blocks"], q["level"], q["k"]) == (r["blocks"], r["level"], r["k"])]
+            r["vs_moe"] = round(r["tok_s"] / moe[0]["tok_s"], 4) if moe else None
+    return rows
+
 # %% ../../nbs/20_bench_cpu.ipynb #a745845b
 import json, sys
 
@@ -491,6 +570,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--smollm-levels", nargs="+", default=["sequence", "token"], choices=list(LEVELS))
     p.add_argument("--smollm-blocks", nargs="+", default=["all"],
                    help="the blocks that get experts, one setting or several ('all', every:S, last:N, ...)")
+    p.add_argument("--generate", action="store_true",
+                   help="only the generation benchmark (bench_generate): bench_generate CSV")
+    p.add_argument("--gen-layers", type=int, default=None, help="blocks of the generating model (default: all 30)")
+    p.add_argument("--new-tokens", type=int, default=64)
+    p.add_argument("--gen-batches", type=int, nargs="+", default=[1, 4, 8, 32])
+    p.add_argument("--gen-ks", type=int, nargs="+", default=[2, 4])
+    p.add_argument("--gen-levels", nargs="+", default=["token", "sequence", "task"], choices=list(LEVELS))
+    p.add_argument("--gen-blocks", nargs="+", default=["all", "every:6"])
     return p
 
 # %% ../../nbs/20_bench_cpu.ipynb #2d4a50cb
@@ -554,6 +641,19 @@ def _model_sweep(a, out: Path, suffix: str, lim: dict):
     print(model[["level", "method", "k", "pass", "ms", "ratio_to_dense", "roofline_ratio", "samples_per_s"] +
                 [c for c in ("saved_mb", "peak_mb") if c in model]].to_string(index=False), flush=True)
 
+# %% ../../nbs/20_bench_cpu.ipynb #6ec8eb24
+def _generate_sweep(a, out: Path, suffix: str, lim: dict):
+    "Generation tokens/s (bench_generate), the bench_generate CSV; --quick: a tiny Llama, batches 1 and 2."
+    import pandas as pd
+    kw = dict(batches=(1, 2), ks=(2,), n=4, levels=("sequence", "task"), blocks=("all",), prompt=5, new_tokens=3,
+              dry_run=True) if a.quick else \
+        dict(batches=tuple(a.gen_batches), ks=tuple(a.gen_ks), levels=tuple(a.gen_levels), blocks=tuple(a.gen_blocks),
+             layers=a.gen_layers, new_tokens=a.new_tokens)
+    df = pd.DataFrame(bench_generate(**kw, repeats=max(1, a.repeats // 2), limits=lim))
+    df.to_csv(out / f"bench_generate{suffix}.csv", index=False)
+    print(df[["blocks", "level", "k", "batch", "method", "tok_s", "vs_dense", "vs_moe", "step_mb", "bound_tok_s",
+              "vs_bound"]].to_string(index=False), flush=True)
+
 # %% ../../nbs/20_bench_cpu.ipynb #m00a1b01
 def main(argv=None):
     "python -m meo.bench.cpu [--quick] [--no-model] [--no-layer] [--model-ks 1 4 16] ... (see `_parser`)"
@@ -565,6 +665,7 @@ def main(argv=None):
     suffix = f"_{a.tag}" if a.tag else ""
     info = {**lim, "torch": torch.__version__,
             "command": "python -m meo.bench.cpu " + " ".join(argv if argv is not None else sys.argv[1:])}
+    if a.generate: return _generate_sweep(a, out, suffix, lim)        # the generation benchmark alone
     if not a.no_layer: _layer_sweep(a, out, suffix, info)
     elif not a.no_model:                                                 # keep the FFN sweep's record, add this run's
         mpath = out / f"bench_machine{suffix}.json"

@@ -28,6 +28,10 @@ def moe_product(x: Tensor,             # (N, I) tokens
     if torch.compiler.is_compiling(): return _moe_static(x, weight, bias, index, gate)
     N, k = index.shape
     if N == 0: return F.linear(x, weight.sum(0), None if bias is None else bias.sum(0))  # (0, O), graph kept
+    if N == 1:                                   # one token (decoding a batch of one): its k experts, views, no sort
+        g = gate[0].to(x.dtype)
+        return sum(g[j] * F.linear(x, weight[e], None if bias is None else bias[e])
+                   for j, e in enumerate(index[0].tolist()))
     out = x.new_zeros(N, weight.shape[1])
     flat = index.reshape(-1)                                        # (N*k,) expert of each (token, slot)
     order = torch.argsort(flat, stable=True)
@@ -62,9 +66,20 @@ def merge(weight: Tensor,   # (n, ...) expert tensors: weights (n, O, I) or bias
     "The merged experts of every gate row: `sum_j gate[g, j] * weight[index[g, j]]`."
     G, k = index.shape
     gate = gate.to(weight.dtype)
+    if G * k <= 64 and weight.device.type == "cpu" and not torch.compiler.is_compiling() and not (
+            torch.is_grad_enabled() and (weight.requires_grad or gate.requires_grad)):
+        return _merge_views(weight, index.tolist(), gate.tolist())
     out = weight.new_zeros(G, *weight.shape[1:])
     for j in range(k):                                                   # k passes, no (G, k, ...) tensor
         out = out + gate[:, j].view(G, *([1] * (weight.dim() - 1))) * weight[index[:, j]]
+    return out
+
+def _merge_views(weight: Tensor, index: list, gate: list) -> Tensor:
+    "Without autograd, few rows (decoding): per row, k scaled adds of expert views; no weight-sized temporary."
+    out = weight.new_empty(len(index), *weight.shape[1:])
+    for r, (idx, g) in enumerate(zip(index, gate)):
+        torch.mul(weight[idx[0]], g[0], out=out[r])
+        for e, a in zip(idx[1:], g[1:]): out[r].add_(weight[e], alpha=a)
     return out
 
 # %% ../../nbs/02_ops.ipynb #b3459d60
