@@ -66,7 +66,7 @@ def merge(weight: Tensor,   # (n, ...) expert tensors: weights (n, O, I) or bias
     "The merged experts of every gate row: `sum_j gate[g, j] * weight[index[g, j]]`."
     G, k = index.shape
     gate = gate.to(weight.dtype)
-    if G * k <= 64 and weight.device.type == "cpu" and not torch.compiler.is_compiling() and not (
+    if not torch.compiler.is_compiling() and G * k <= 64 and weight.device.type == "cpu" and not (   # traced: no guard
             torch.is_grad_enabled() and (weight.requires_grad or gate.requires_grad)):
         return _merge_views(weight, index.tolist(), gate.tolist())
     out = weight.new_zeros(G, *weight.shape[1:])
