@@ -59,7 +59,7 @@ class RoutingInputs:
 
 @runtime_checkable
 class LayerContext(Protocol):
-    "What a converted model gives each of its MoE/MEO layers during a call (`meo.convert` implements it)."
+    "What a converted model gives each of its MoE/MEO layers during a call (`meo.context` implements it)."
     def inputs(self, layer: nn.Module, x: Tensor, given: RoutingInputs) -> tuple[Tensor, RoutingInputs]:
         "`x` viewed as (B, L, I), and the routing inputs of the running call (what the caller `given` first)."
     def routed(self, layer: nn.Module, routing: Routing) -> None:
