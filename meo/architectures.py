@@ -5,7 +5,6 @@
 # %% ../nbs/03b_architectures.ipynb #4de52f2e
 from __future__ import annotations
 import inspect, re
-import torch
 from torch import nn, Tensor
 from transformers.pytorch_utils import Conv1D
 

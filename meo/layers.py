@@ -13,7 +13,7 @@ from torch import nn, Tensor
 import torch.nn.functional as F
 from .core import check_int, check_experts, router_level
 from .routing import Router, Routing, SegmentState, autocast_off
-from .ops import moe_product, merged_product, check_options, row_layout, RowLayout
+from .ops import moe_product, merged_product, check_options, row_layout
 
 # %% auto #0
 __all__ = ['TokenAttention', 'RoutingInputs', 'LayerContext', 'AuxLossGrad', 'ExpertLinear', 'MoELinear', 'MEOLinear',
