@@ -91,7 +91,7 @@ class MEOConfig:
     blocks: str | list | None = None  # which transformer blocks get experts (None: all; see `check_blocks`)
     merge: str = "auto"          # MEO, backend 'torch': merge by 'gemm' or 'gather' ('auto': by shape)
     block: int | None = None     # MEO, backend 'torch': output rows merged at a time (None: all that fit)
-    backend: str = "torch"       # MEO: the merged product's backend (`meo.ops`): 'torch', 'triton', 'reference'
+    backend: str = "auto"        # MEO: the merged product's backend (`meo.ops`): 'auto', 'torch', 'cpp', 'triton', ...
     backend_options: dict | None = None  # MEO: options of a backend other than 'torch' (e.g. {'path': 'select'})
 
     def __post_init__(self):

@@ -210,7 +210,7 @@ class MEOLinear(ExpertLinear):
     "Merging Experts into One: merge the selected experts per gate row, then one product per token."
     method = "meo"
     def __init__(self, in_features: int, out_features: int, n_experts: int, k: int, level: str = "sequence",
-                 bias: bool = True, reduce_factor: int = 64, backend: str = "torch", options: dict | None = None,
+                 bias: bool = True, reduce_factor: int = 64, backend: str = "auto", options: dict | None = None,
                  **kwargs):
         super().__init__(in_features, out_features, n_experts, k, level, bias, **kwargs)
         self.backend, self.options = backend, dict(options or {})

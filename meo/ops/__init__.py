@@ -218,7 +218,8 @@ class Backend:
     apply: Callable | None = None     # apply(x, W, b, layout): merged weights given (decoding); None: `apply_merged`
 
 BACKENDS: dict = {}                                            # name -> Backend, the registered ones
-BUILTIN = {"torch": "meo.ops.cpu", "triton": "meo.ops.triton", "cpp": "meo.ops.cpp"}   # name -> module registering it
+BUILTIN = {"torch": "meo.ops.cpu", "triton": "meo.ops.triton", "cpp": "meo.ops.cpp",   # name -> module registering it
+           "auto": "meo.ops.cpp"}                      # the default: 'cpp' on float32 CPU tensors where it builds, else 'torch'
 
 def register_backend(name: str, fn: Callable, options: tuple = (), check: Callable | None = None,
                      about: str = "", apply: Callable | None = None) -> Backend:
@@ -249,7 +250,7 @@ def merged_product(x: Tensor,             # (B, L, I)
                    weight: Tensor,        # (n, O, I)
                    bias: Tensor | None,   # (n, O)
                    routing: Routing | RowLayout,
-                   backend: str = "torch", **options) -> Tensor:   # (B, L, O)
+                   backend: str = "auto", **options) -> Tensor:   # (B, L, O)
     "The merged product computed by `backend` with its `options` (in a traced graph: the reference, said once)."
     lay = routing if isinstance(routing, RowLayout) else row_layout(routing)     # once per call
     if torch.compiler.is_compiling():

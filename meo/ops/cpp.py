@@ -4,7 +4,7 @@
 
 # %% ../../nbs/02d_ops_cpp.ipynb #cpp00003
 from __future__ import annotations
-import fcntl, hashlib, os, shutil, sys, time, weakref
+import fcntl, hashlib, os, shutil, sys, time
 from importlib.util import find_spec
 from pathlib import Path
 import torch
@@ -14,12 +14,12 @@ from . import merge, register_backend, get_backend, RowLayout, row_layout
 from .cpu import apply_rows_torch
 
 # %% auto #0
-__all__ = ['SOURCE', 'NB', 'KERNEL_ENV', 'BLOCK_BYTES', 'GRAD_BLOCK', 'build_dir', 'cpp_available', 'packed', 'packed_bytes',
-           'clear_packed', 'merged_product_cpp', 'cpp_backend']
+__all__ = ['SOURCE', 'NB', 'KERNEL_ENV', 'BLOCK_BYTES', 'GRAD_BLOCK', 'build_dir', 'cpp_available', 'merged_product_cpp',
+           'cpp_backend', 'auto_backend']
 
 # %% ../../nbs/02d_ops_cpp.ipynb #cpp00025
 SOURCE = Path(find_spec("meo.ops").origin).parent / "csrc" / "merged_linear.cpp"   # package data
-NB = 32                                  # output columns of a packed panel (as in the source)
+NB = 32                                  # output rows of a forward block (as in the source)
 KERNEL_ENV = "MEO_CPU_KERNEL"            # "0": never use the kernel
 _CACHE_ENV = "MEO_CACHE"                 # the cache folder, as meo.data.fetch reads it (meo.ops imports no harness)
 _STATE: dict = {}                        # ok (bool, once tried), why (the reason it is not used), seconds, built
@@ -80,40 +80,12 @@ def cpp_available() -> bool:
                       "product instead (same results, slower)", file=sys.stderr)
     return _STATE["ok"]
 
-# %% ../../nbs/02d_ops_cpp.ipynb #cpp00031
-_PACKED: dict = {}     # id(weight) -> (weak reference to it, its _version, its data_ptr, the packed copy)
-
-def _version(t: Tensor) -> int | None:
-    try: return t._version
-    except RuntimeError: return None                      # an inference tensor: no version counter, never cached
-
-def packed(weight: Tensor) -> Tensor:   # (n, P, I, NB), P = ceil(O / NB)
-    """The experts as panels: `packed[e, p, i, c] = weight[e, p*NB + c, i]` (zeros past O), cached while `weight`
-    lives and made again when its `_version` (an in-place update, an optimizer step) or its storage changes."""
-    key, hit, version = id(weight), _PACKED.get(id(weight)), _version(weight)
-    if hit is not None and hit[0]() is weight and hit[1] == version is not None and hit[2] == weight.data_ptr():
-        return hit[3]
-    n, O, I = weight.shape
-    P = -(-O // NB)
-    wp = F.pad(weight.detach(), (0, 0, 0, P * NB - O)).view(n, P, NB, I).transpose(2, 3).contiguous()
-    if version is not None:
-        _PACKED[key] = (weakref.ref(weight, lambda _, key=key: _PACKED.pop(key, None)), version, weight.data_ptr(), wp)
-    return wp
-
-def packed_bytes() -> int:
-    "Memory held by the cached packed copies: what the kernel adds to the checkpoint's weights."
-    return sum(v[3].numel() * v[3].element_size() for v in _PACKED.values())
-
-def clear_packed():
-    "Forget every packed copy (after a change the version counter does not see, e.g. through `.data`)."
-    _PACKED.clear()
-
 # %% ../../nbs/02d_ops_cpp.ipynb #cpp00035
-BLOCK_BYTES = 6 * 2**20    # the forward's panels of the experts in use read for all rows before the next: ~ L3 share
+BLOCK_BYTES = 6 * 2**20    # the forward's blocks of the experts in use read for all rows before the next: ~ L3 share
 GRAD_BLOCK = (32, 512)     # backward: (output rows, input columns) of a block of the expert and gate gradients
 
 def _panels_per_block(index: Tensor, I: int) -> int:
-    "Panels whose packed experts in use (n_used * I * NB floats each) fit BLOCK_BYTES: reused by all rows from cache."
+    "Blocks of NB output rows whose experts in use (n_used * NB * I floats each) fit BLOCK_BYTES: reused by all rows."
     return max(1, BLOCK_BYTES // (int(index.unique().numel()) * I * NB * 4))
 
 class _MergedCpp(torch.autograd.Function):
@@ -121,7 +93,7 @@ class _MergedCpp(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, index, gate, row_ptr, span_start, span_len):
         y = x.new_zeros(x.shape[0], weight.shape[1])
-        torch.ops.meo.merged_fwd(x, packed(weight), bias, index, gate, row_ptr, span_start, span_len, y,
+        torch.ops.meo.merged_fwd(x, weight, bias, index, gate, row_ptr, span_start, span_len, y,
                                  _panels_per_block(index, x.shape[1]))
         ctx.save_for_backward(x, weight, bias, index, gate, row_ptr, span_start, span_len)
         return y
@@ -184,3 +156,24 @@ def cpp_backend(x: Tensor,              # (B, L, I)
 
 register_backend("cpp", cpp_backend, apply=apply_rows_torch,
                  about="compiled C++ CPU kernel, the merge fused into brgemm panels (float32; else the torch backend)")
+
+# %% ../../nbs/02d_ops_cpp.ipynb #cpp00061
+def _kernel_takes(x: Tensor, weight: Tensor, bias: Tensor | None) -> bool:
+    "Whether the kernel computes this call: float32 CPU tensors (whether it builds is asked after)."
+    return (x.device.type == "cpu" and x.dtype == weight.dtype == torch.float32
+            and (bias is None or bias.dtype == torch.float32))
+
+def auto_backend(x: Tensor,              # (B, L, I)
+                 weight: Tensor,         # (n, O, I)
+                 bias: Tensor | None,    # (n, O)
+                 lay: RowLayout,         # `meo.ops.row_layout`
+                 **options) -> Tensor:   # (B, L, O); options: the torch backend's (merge, block, cols)
+    "The default: the compiled kernel on float32 CPU tensors where it builds and no torch option is given, else torch."
+    if not options and _kernel_takes(x, weight, bias) and cpp_available():
+        return merged_product_cpp(x, weight, bias, lay.index, lay.gate, *lay.spans())
+    return get_backend("torch").fn(x, weight, bias, lay, **options)
+
+_torch = get_backend("torch")
+register_backend("auto", auto_backend, _torch.options, check=_torch.check, apply=apply_rows_torch,
+                 about="the default: backend 'cpp' on float32 CPU tensors where it builds, else 'torch'")
+

@@ -83,26 +83,27 @@ void check_bounds(const Rows& R, int64_t N, int64_t n, int64_t S) {
 }
 
 // [part: forward]
-// Forward. wpack (n, P, I, NB): panel p of expert e holds W_e[p*NB + c, i] at [e, p, i, c] (zeros past O).
-// For each (row u, panel p): merge the k panels into buf (I, NB), bias into bb, then per span
-// y[span, p*NB:] = bb + x[span] @ buf (brgemm, M = span length, N = NB, K = I).
-void merged_fwd(const Tensor& x, const Tensor& wpack, const std::optional<Tensor>& bias, const Tensor& index,
+// Forward, from the checkpoint layout weight (n, O, I), no packed copy. For each (row u, block p of NB output rows):
+// merge the k experts' row blocks, A = sum_j g_j W_e[o0 : o0+NB, :] (NB x I, contiguous rows), transpose it in
+// cache into the panel buf (I, NB), merged bias into bb, then per span
+// y[span, o0 : o0+NB] = bb + x[span] buf (brgemm, M = span length, N = NB, K = I).
+void merged_fwd(const Tensor& x, const Tensor& weight, const std::optional<Tensor>& bias, const Tensor& index,
                 const Tensor& gate, const Tensor& row_ptr, const Tensor& start, const Tensor& len, const Tensor& y,
                 int64_t panels_per_block) {
   check_call(x, index, gate, row_ptr, start, len);
-  const int64_t I = x.size(1), P = wpack.size(1), O = y.size(1);
-  TORCH_CHECK(wpack.is_contiguous() && wpack.size(2) == I && wpack.size(3) == NB && P * NB >= O, "wpack: expected (n, ceil(O/32), I, 32)");
+  const int64_t I = x.size(1), O = y.size(1), P = (O + NB - 1) / NB;
+  TORCH_CHECK(weight.is_contiguous() && weight.scalar_type() == at::kFloat && weight.dim() == 3 && weight.size(1) == O && weight.size(2) == I, "weight: expected contiguous float32 (n, O, I)");
   TORCH_CHECK(y.is_contiguous() && y.size(0) == x.size(0), "y: expected contiguous (N, O)");
-  TORCH_CHECK(!bias.has_value() || (bias->is_contiguous() && bias->scalar_type() == at::kFloat && bias->size(0) == wpack.size(0) && bias->size(1) == O), "bias: expected contiguous float32 (n, O)");
+  TORCH_CHECK(!bias.has_value() || (bias->is_contiguous() && bias->scalar_type() == at::kFloat && bias->size(0) == weight.size(0) && bias->size(1) == O), "bias: expected contiguous float32 (n, O)");
   const Rows R(index, gate, row_ptr, start, len);
-  check_bounds(R, x.size(0), wpack.size(0), start.numel());
+  check_bounds(R, x.size(0), weight.size(0), start.numel());
   const float* xp = x.data_ptr<float>();
-  const float* wp = wpack.data_ptr<float>();
+  const float* w = weight.data_ptr<float>();
   const float* bp = bias.has_value() ? bias->data_ptr<float>() : nullptr;
   float* yp = y.data_ptr<float>();
   const int64_t PB = std::max<int64_t>(1, std::min(panels_per_block, P));
   at::parallel_for(0, R.U * P, 1, [&](int64_t begin, int64_t end) {
-    std::vector<float> buf(I * NB);
+    std::vector<float> A(NB * I), buf(I * NB, 0.f);
     float bb[NB];
     for (int64_t it = begin; it < end; ++it) {
       // items in blocks of PB panels: all rows of a block, a row's panels one after the other
@@ -110,7 +111,10 @@ void merged_fwd(const Tensor& x, const Tensor& wpack, const std::optional<Tensor
       const int64_t rem = it - p_first * R.U, u = rem / pb, p = p_first + rem % pb;
       const int64_t o0 = p * NB, np = std::min(NB, O - o0);
       if (R.empty(u)) continue;
-      merge_block(R, u, wp + p * I * NB, P * I * NB, NB, I, NB, buf.data(), NB);
+      merge_block(R, u, w + o0 * I, O * I, I, np, I, A.data(), I);      // A[c, i] merged (NB x I), rows contiguous
+      for (int64_t i0 = 0; i0 < I; i0 += 64)                           // buf[i, c] = A[c, i], in tiles
+        for (int64_t c = 0; c < np; ++c)
+          for (int64_t i = i0; i < std::min(I, i0 + 64); ++i) buf[i * NB + c] = A[c * I + i];
       for (int64_t c = 0; c < np; ++c) {
         float b = 0.f;
         if (bp) for (int64_t j = 0; j < R.k; ++j) b += R.gate[u * R.k + j] * bp[R.index[u * R.k + j] * O + o0 + c];
@@ -282,7 +286,7 @@ void merged_bwd_w(const Tensor& dy, const Tensor& x, const Tensor& weight, const
 // [part: registration]
 
 TORCH_LIBRARY(meo, m) {
-  m.def("merged_fwd(Tensor x, Tensor wpack, Tensor? bias, Tensor index, Tensor gate, Tensor row_ptr, "
+  m.def("merged_fwd(Tensor x, Tensor weight, Tensor? bias, Tensor index, Tensor gate, Tensor row_ptr, "
         "Tensor span_start, Tensor span_len, Tensor(a!) y, int panels_per_block) -> ()");
   m.def("merged_bwd_x(Tensor dy, Tensor weight, Tensor index, Tensor gate, Tensor row_ptr, Tensor span_start, "
         "Tensor span_len, Tensor(a!) dx, int rows_per_group) -> ()");
