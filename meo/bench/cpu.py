@@ -18,7 +18,7 @@ from ..ops import cpp as _cpp   # registers the backend "cpp" (nothing is built 
 __all__ = ['METHODS', 'SERVING_MODES', 'SMOLLM2_SHAPE', 'timeit', 'saved_bytes', 'peak_memory', 'FFN', 'ffn_macs',
            'machine_limits', 'roofline_ms', 'experts_read', 'ffn_roofline', 'model_roofline', 'side_by_side',
            'bench_ffn', 'projection_parts', 'parts_table', 'release_memory', 'bench_model', 'bench_serving',
-           'bench_smollm', 'smollm_speed', 'gen_matrices', 'bench_generate', 'plot_layer', 'main']
+           'bench_smollm', 'smollm_roofline', 'smollm_speed', 'gen_matrices', 'bench_generate', 'plot_layer', 'main']
 
 # %% ../../nbs/20_bench_cpu.ipynb #0d1d859c
 def timeit(fn, repeats: int = 5, warmup: int = 1) -> list[float]:
@@ -88,26 +88,28 @@ def _math(method: str) -> str:
 class FFN(nn.Module):
     "A feed-forward block with dense, MoE or MEO projections."
     def __init__(self, d: int, d_ff: int, method: str = "dense", n_experts: int = 16, k: int = 4,
-                 level: str = "sequence"):
+                 level: str = "sequence", tasks: int = 1):
         super().__init__()
-        self.method, self.level = check_choice("method", method, METHODS), level
+        self.method, self.level, self.tasks = check_choice("method", method, METHODS), level, tasks
         up, down = nn.Linear(d, d_ff), nn.Linear(d_ff, d)
         if method != "dense":
             cls = MEOLinear if _math(method) == "meo" else MoELinear
-            kw = dict(backend="cpp") if method == "meo-cpp" else {}
-            up, down = [cls.from_linear(l, n_experts, k, level, n_tasks=1, init_noise=0.1, **kw) for l in (up, down)]
+            kw = dict(backend="cpp" if method == "meo-cpp" else "torch") if _math(method) == "meo" else {}
+            up, down = [cls.from_linear(l, n_experts, k, level, n_tasks=tasks, init_noise=0.1, **kw)
+                        for l in (up, down)]
             g = torch.Generator().manual_seed(0)
             with torch.no_grad():
                 for layer in (up, down): layer.router.w_gate.copy_(torch.randn(layer.router.w_gate.shape, generator=g))
         self.up, self.down = up, down
 
     def forward(self, x):
-        kw = {} if self.method == "dense" else dict(task_ids=torch.zeros(x.shape[0], dtype=torch.long, device=x.device))
+        kw = {} if self.method == "dense" else dict(task_ids=torch.arange(x.shape[0], device=x.device) % self.tasks)
         return self.down(F.gelu(self.up(x, **kw)), **kw)
 
-def ffn_macs(d, d_ff, batch, seq_len, method, n_experts, k, level) -> int:
+def ffn_macs(d, d_ff, batch, seq_len, method, n_experts, k, level, tasks: int = 1) -> int:
     "Multiply-adds of one FFN block (`meo.flops.linear_cost`, both projections)."
-    kw = dict(batch=batch, seq_len=seq_len, method=_math(method), n_experts=n_experts, k=k, level=level)
+    kw = dict(batch=batch, seq_len=seq_len, method=_math(method), n_experts=n_experts, k=k, level=level,
+              tasks=tasks if level == "task" else 1)
     return linear_cost(d, d_ff, **kw).macs + linear_cost(d_ff, d, **kw).macs
 
 # %% ../../nbs/20_bench_cpu.ipynb #d41d6097
@@ -127,9 +129,10 @@ def roofline_ms(macs: float, nbytes: float, limits: dict) -> float:
     "A pass's roofline bound (ms): its multiply-adds at the GEMM rate or its bytes at the copy bandwidth, the longer."
     return 1000 * max(2 * macs / (limits["gemm_gflops"] * 1e9), nbytes / (limits["copy_gbs"] * 1e9))
 
-def experts_read(method: str, level: str, n_experts: int, k: int, batch: int, seq_len: int) -> int:
+def experts_read(method: str, level: str, n_experts: int, k: int, batch: int, seq_len: int, tasks: int = 1) -> int:
     "Expert matrices a projection reads at least once: 1 for dense, else those some routing group selects (<= n)."
-    return 1 if method == "dense" else min(n_experts, routing_groups(_math(method), level, batch, seq_len) * k)
+    if method == "dense": return 1
+    return min(n_experts, routing_groups(_math(method), level, batch, seq_len, tasks=tasks) * k)
 
 def _bound(limits, macs, weights, grads, acts, pass_):
     "Forward: macs, weights + activations; a training step: 3x the macs, weights twice, gradients, activations twice."
@@ -138,23 +141,25 @@ def _bound(limits, macs, weights, grads, acts, pass_):
 
 def ffn_roofline(limits: dict, d: int, d_ff: int, batch: int, seq_len: int, method: str = "dense",
                  n_experts: int = 16, k: int = 4, level: str = "sequence", pass_: str = "forward",
-                 itemsize: int = 4) -> float:
+                 itemsize: int = 4, tasks: int = 1) -> float:
     "The roofline bound (ms) of one feed-forward block (`FFN`): a forward pass or a training step."
-    macs = ffn_macs(d, d_ff, batch, seq_len, method, n_experts, k, level)
+    macs = ffn_macs(d, d_ff, batch, seq_len, method, n_experts, k, level, tasks)
     w = 2 * d * d_ff * itemsize                                           # both projections of one expert
-    e = experts_read(method, level, n_experts, k, batch, seq_len)
+    e = experts_read(method, level, n_experts, k, batch, seq_len, tasks)
     acts = batch * seq_len * 2 * (d + d_ff) * itemsize                    # x; h written and read; y
     return _bound(limits, macs, e * w, (1 if method == "dense" else n_experts) * w, acts, pass_)
 
 def model_roofline(limits: dict, config, batch: int, seq_len: int, method: str = "dense", n_experts: int = 16,
-                   k: int = 4, level: str = "sequence", pass_: str = "forward", itemsize: int = 4) -> float:
+                   k: int = 4, level: str = "sequence", pass_: str = "forward", itemsize: int = 4,
+                   tasks: int = 1) -> float:
     "The roofline bound (ms) of a whole BERT (`BertModel`, dense or converted by `moefy`)."
-    kw = {} if method == "dense" else dict(n_experts=n_experts, k=k, level=level)
-    macs = bert_cost(config, batch, seq_len, method, head="pooler", **kw).macs
+    tasks = tasks if level == "task" else 1
+    kw = {} if method == "dense" else dict(n_experts=n_experts, k=k, level=level, tasks=tasks)
+    macs = bert_cost(config, batch, seq_len, _math(method), head="pooler", **kw).macs
     d, f, layers = config.hidden_size, config.intermediate_size, config.num_hidden_layers
     block = 4 * d * d + 2 * d * f                                         # attention and FFN weights of a layer
     embed = (config.vocab_size + config.max_position_embeddings + config.type_vocab_size) * d + d * d
-    e = experts_read(method, level, n_experts, k, batch, seq_len)
+    e = experts_read(method, level, n_experts, k, batch, seq_len, tasks)
     weights = (embed + layers * (block + (e - 1) * 2 * d * f)) * itemsize
     grads = (embed + layers * (block + ((1 if method == "dense" else n_experts) - 1) * 2 * d * f)) * itemsize
     acts = layers * batch * seq_len * (2 * (d + f) + 8 * d) * itemsize   # FFN as above; q, k, v, context, output
@@ -184,7 +189,7 @@ def _pass_fn(module: nn.Module, x: Tensor, pass_: str):
 def bench_ffn(d: int = 768, d_ff: int = 3072, batch: int = 16, seq_len: int = 128, n_experts: int = 16,
               ks=(1, 2, 4, 8, 16), levels=LEVELS, passes=("forward", "train"), repeats: int = 5,
               dtype=torch.float32, device: str = "cpu", memory: bool = True, limits: dict | None = None,
-              methods=None) -> list[dict]:
+              methods=None, tasks=(1,)) -> list[dict]:
     """Time dense, MoE and MEO FFN blocks side by side; one row per (level, method, k, pass) with the median ms (and,
     given the machine's `limits`, its roofline bound). `methods`: besides dense (default: moe, meo, and meo-cpp where
     the compiled kernel is built)."""
@@ -195,29 +200,28 @@ def bench_ffn(d: int = 768, d_ff: int = 3072, batch: int = 16, seq_len: int = 12
         methods = ("moe", "meo") + (("meo-cpp",) if cpp else ())
     x = torch.randn(batch, seq_len, d, device=dev, dtype=dtype, requires_grad=True)
     dense = FFN(d, d_ff).to(dev, dtype)
-    for level in levels:
+    for level, nt in [(l, t) for l in levels for t in (tasks if l == "task" else (1,))]:
         for k in ks:
             models = {"dense": dense,
-                      **{m: FFN(d, d_ff, m, n_experts, k, level).to(dev, dtype) for m in methods}}
+                      **{m: FFN(d, d_ff, m, n_experts, k, level, nt).to(dev, dtype) for m in methods}}
             for pass_ in passes:
                 fns = {m: _pass_fn(mod, x, pass_) for m, mod in models.items()}
                 ms = side_by_side(fns, repeats)
                 for m in fns:
-                    row = dict(device=dev.type, dtype=str(dtype).replace("torch.", ""), level=level, method=m, k=k,
-                               **{"pass": pass_}, ms=round(ms[m], 3), ratio_to_dense=round(ms[m] / ms["dense"], 4),
-                               gmacs=round(ffn_macs(d, d_ff, batch, seq_len, m, n_experts, k, level) / 1e9, 4),
+                    row = dict(device=dev.type, dtype=str(dtype).replace("torch.", ""), level=level, tasks=nt,
+                               method=m, k=k, **{"pass": pass_}, ms=round(ms[m], 3),
+                               ratio_to_dense=round(ms[m] / ms["dense"], 4),
+                               gmacs=round(ffn_macs(d, d_ff, batch, seq_len, m, n_experts, k, level, nt) / 1e9, 4),
                                batch=batch, seq_len=seq_len, d=d, d_ff=d_ff, n_experts=n_experts, repeats=repeats)
                     if limits:
                         b = [ffn_roofline(limits, d, d_ff, batch, seq_len, mm, n_experts, k, level, pass_,
-                                          x.element_size()) for mm in (m, "dense")]
+                                          x.element_size(), nt) for mm in (m, "dense")]
                         row.update(roofline_ms=round(b[0], 3), roofline_ratio=round(b[0] / b[1], 4))
                     if memory and pass_ == "train":
                         mod = models[m].train()
                         row["saved_mb"] = round(saved_bytes(lambda: mod(x), list(mod.parameters())) / 2**20, 3)
                         row["peak_mb"] = round(peak_memory(fns[m]) / 2**20, 1)
-                    if m == "meo-cpp":
-                        pk = [_cpp.packed(l.weight) for l in (models[m].up, models[m].down)]
-                        row["packed_mb"] = round(sum(t.numel() * t.element_size() for t in pk) / 2**20, 3)
+                    if _math(m) == "meo": row["packed_mb"] = 0.0          # no backend keeps a copy of the experts
                     rows.append(row)
     return rows
 
@@ -280,14 +284,15 @@ def _model_pass_fn(model, ids, pass_: str, kw: dict):
             model.zero_grad(set_to_none=True)                      # one model's gradients alive at a time
     return fn
 
-def _converted(config, dev, methods, n_experts: int, k: int, level: str) -> dict:
+def _converted(config, dev, methods, n_experts: int, k: int, level: str, tasks: int = 1) -> dict:
     "{method: BERT converted with `moefy`}, random gate weights; every method shares the first one's experts."
     from transformers import BertModel
     from meo.convert import moefy
     models, shared = {}, None
     for m in methods:
         model = BertModel(config).to(dev)
-        moefy(model, method=m, n_experts=n_experts, k=k, level=level, n_tasks=1, init_noise=0.1)
+        be = dict(backend="cpp" if m == "meo-cpp" else "torch") if _math(m) == "meo" else {}
+        moefy(model, method=_math(m), n_experts=n_experts, k=k, level=level, n_tasks=tasks, init_noise=0.1, **be)
         if shared is None:
             g = torch.Generator().manual_seed(0)
             with torch.no_grad():
@@ -301,7 +306,7 @@ def _converted(config, dev, methods, n_experts: int, k: int, level: str) -> dict
 # %% ../../nbs/20_bench_cpu.ipynb #eeb26b9b
 def bench_model(config=None, batch: int = 16, seq_len: int = 128, n_experts: int = 16, ks=(1, 4, 16),
                 levels=("sequence",), methods=("moe", "meo"), passes=("forward", "train"), repeats: int = 3,
-                device: str = "cpu", memory: bool = True, limits: dict | None = None) -> list[dict]:
+                device: str = "cpu", memory: bool = True, limits: dict | None = None, tasks=(1,)) -> list[dict]:
     """Time a dense BERT and its MoE/MEO conversions side by side (one row per level, method, k, pass; given the
     machine's `limits`, with its roofline bound)."""
     from transformers import BertConfig, BertModel
@@ -309,27 +314,27 @@ def bench_model(config=None, batch: int = 16, seq_len: int = 128, n_experts: int
     dev = torch.device(device)
     torch.manual_seed(0)
     ids = torch.randint(0, config.vocab_size, (batch, seq_len), device=dev)
-    tids = torch.zeros(batch, dtype=torch.long, device=dev)
     dense = BertModel(config).to(dev)
     rows = []
-    for level in levels:
+    for level, nt in [(l, t) for l in levels for t in (tasks if l == "task" else (1,))]:
         for k in ks:
-            kw = dict(task_ids=tids) if level == "task" else {}
+            kw = dict(task_ids=torch.arange(batch, device=dev) % nt) if level == "task" else {}
             models = {"dense": (dense, {}), **{m: (model, kw) for m, model in
-                                               _converted(config, dev, methods, n_experts, k, level).items()}}
+                                               _converted(config, dev, methods, n_experts, k, level, nt).items()}}
             for pass_ in passes:
                 fns = {m: _model_pass_fn(mod, ids, pass_, kw) for m, (mod, kw) in models.items()}
                 ms = side_by_side(fns, repeats)
                 for m in fns:
                     name = "bert-base" if config.hidden_size == 768 else f"bert-{config.hidden_size}"
-                    row = dict(device=dev.type, model=name, level=level, method=m, k=k, **{"pass": pass_},
+                    row = dict(device=dev.type, model=name, level=level, tasks=nt, method=m, k=k, **{"pass": pass_},
                                ms=round(ms[m], 2), ratio_to_dense=round(ms[m] / ms["dense"], 4),
                                samples_per_s=round(1000 * batch / ms[m], 3), batch=batch, seq_len=seq_len,
                                n_experts=n_experts, repeats=repeats)
                     if limits:
-                        b = [model_roofline(limits, config, batch, seq_len, mm, n_experts, k, level, pass_)
+                        b = [model_roofline(limits, config, batch, seq_len, mm, n_experts, k, level, pass_, tasks=nt)
                              for mm in (m, "dense")]
                         row.update(roofline_ms=round(b[0], 2), roofline_ratio=round(b[0] / b[1], 4))
+                    if _math(m) == "meo": row["packed_mb"] = 0.0          # no backend keeps a copy of the experts
                     if memory and pass_ == "train":
                         mod, kw = models[m]
                         mod.train()
@@ -387,7 +392,8 @@ SMOLLM2_SHAPE = dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=
 
 def bench_smollm(device="cuda", dtype=torch.bfloat16, ks=(2, 4), n: int = 8, levels=("sequence", "token"),
                  blocks=None, batch: int = 8, seq_len: int = 512, gen_batch: int = 8, prompt: int = 48,
-                 new_tokens: int = 48, repeats: int = 5, dry_run: bool = False) -> list[dict]:
+                 new_tokens: int = 48, repeats: int = 5, dry_run: bool = False, methods=("moe", "meo"),
+                 passes=("train", "generate"), limits: dict | None = None) -> list[dict]:
     "Training tokens/s and generate() tokens/s of SmolLM2-135M's shape (random weights): dense, MoE, MEO."
     import copy
     from transformers import LlamaConfig, LlamaForCausalLM
@@ -400,11 +406,12 @@ def bench_smollm(device="cuda", dtype=torch.bfloat16, ks=(2, 4), n: int = 8, lev
     gen = torch.Generator().manual_seed(0)
     ids = torch.randint(3, config.vocab_size, (batch, seq_len), generator=gen).to(device)
     prompt_ids = torch.randint(3, config.vocab_size, (gen_batch, prompt), generator=gen).to(device)
-    variants = [("dense", None, None)] + [(m, l, k) for l in levels for k in ks if k <= n for m in ("moe", "meo")]
+    variants = [("dense", None, None)] + [(m, l, k) for l in levels for k in ks if k <= n for m in methods]
     rows, dense_rate = [], {}
     for method, level, k in variants:
         model = copy.deepcopy(base)
-        if method != "dense": moefy(model, method=method, n_experts=n, k=k, level=level, blocks=blocks)
+        be = dict(backend="cpp" if method == "meo-cpp" else "torch") if _math(method) == "meo" else {}
+        if method != "dense": moefy(model, method=_math(method), n_experts=n, k=k, level=level, blocks=blocks, **be)
         model = model.to(device=device, dtype=dtype)
         def train():
             model.train()(input_ids=ids, labels=ids).loss.backward(); model.zero_grad(set_to_none=True)
@@ -412,17 +419,44 @@ def bench_smollm(device="cuda", dtype=torch.bfloat16, ks=(2, 4), n: int = 8, lev
             with torch.no_grad():
                 model.eval().generate(prompt_ids, attention_mask=torch.ones_like(prompt_ids), do_sample=False,
                                       max_new_tokens=new_tokens, min_new_tokens=new_tokens, pad_token_id=2)
-        for pass_, fn, units in (("train", train, batch * seq_len), ("generate", generate, gen_batch * new_tokens)):
+        def prefill():
+            with torch.no_grad(): model.eval()(input_ids=ids)
+        todo = {"train": (train, batch * seq_len), "prefill": (prefill, batch * seq_len),
+                "generate": (generate, gen_batch * new_tokens)}
+        for pass_, (fn, units) in ((p, todo[p]) for p in passes):
             s = min(timeit(fn, repeats))
             if method == "dense": dense_rate[pass_] = units / s
             rows.append(dict(model="smollm2-135m", method=method, level=level, n_experts=None if k is None else n,
                              k=k, blocks=str(blocks or "all"), pass_=pass_, ms=1e3 * s, per_s=units / s,
                              unit="tokens", vs_dense=units / s / dense_rate[pass_],
                              params_m=sum(p.numel() for p in model.parameters()) / 1e6, device=str(device),
-                             dtype=str(dtype).replace("torch.", ""), batch=batch, seq_len=seq_len))
+                             dtype=str(dtype).replace("torch.", ""), batch=batch, seq_len=seq_len,
+                             threads=torch.get_num_threads()))
+            if limits and pass_ != "generate" and blocks is None:
+                rows[-1]["roofline_ms"] = smollm_roofline(limits, config, batch, seq_len, method, n, k, level, pass_)
+            if _math(method) == "meo": rows[-1]["packed_mb"] = 0.0
         del model
         release_memory()
     return rows
+
+def smollm_roofline(limits: dict, config, batch: int, seq_len: int, method: str = "dense", n: int = 8, k: int = 2,
+                    level: str = "sequence", pass_: str = "train", segment_len: int = 64, itemsize: int = 4) -> float:
+    "The roofline bound (ms) of a Llama (`config`; every block's FFN converted), a training step or a prefill."
+    from meo.flops import attention_cost, ffn_cost
+    d, f, V, layers = config.hidden_size, config.intermediate_size, config.vocab_size, config.num_hidden_layers
+    h, dh, kv = config.num_attention_heads, d // config.num_attention_heads, config.num_key_value_heads
+    T, seg = batch * seq_len, -(-seq_len // segment_len)
+    ex = {} if method == "dense" else dict(n_experts=n, k=k, level=level, causal=True,
+                                          segments=seg if level == "sequence" else 1)
+    att = 2 * T * d * d + 2 * T * d * kv * dh + attention_cost(batch, seq_len, seq_len, d, h, dh).items["scores"]
+    macs = layers * (att + ffn_cost(d, f, batch, seq_len, _math(method), gated=True, bias=False, **ex).macs) + T * d * V
+    e = 1 if method == "dense" else min(n, routing_groups(_math(method), level, batch, seq_len, seg) * k)
+    block = 2 * d * d + 2 * d * kv * dh
+    weights = (V * d + layers * (block + e * 3 * d * f)) * itemsize
+    grads = (V * d + layers * (block + (1 if method == "dense" else n) * 3 * d * f)) * itemsize
+    acts = layers * T * (3 * f + 6 * d) * itemsize + T * V * itemsize               # per block; the logits
+    if pass_ == "prefill": pass_ = "forward"
+    return round(_bound(limits, macs, weights, grads, acts, pass_), 2)
 
 # %% ../../nbs/20_bench_cpu.ipynb #s5b1c005
 def smollm_speed(df):
@@ -570,6 +604,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--smollm-levels", nargs="+", default=["sequence", "token"], choices=list(LEVELS))
     p.add_argument("--smollm-blocks", nargs="+", default=["all"],
                    help="the blocks that get experts, one setting or several ('all', every:S, last:N, ...)")
+    p.add_argument("--kernel", action="store_true",
+                   help="only the compiled kernel's set (_kernel_sweep): bench_kernel_{ffn,model,smollm} CSVs")
+    p.add_argument("--kernel-threads", type=int, nargs="+", default=[1, 2], help="thread counts of --kernel")
+    p.add_argument("--kernel-model-batch", type=int, default=8, help="sequences of --kernel's whole BERT-base")
     p.add_argument("--generate", action="store_true",
                    help="only the generation benchmark (bench_generate): bench_generate CSV")
     p.add_argument("--gen-layers", type=int, default=None, help="blocks of the generating model (default: all 30)")
@@ -641,6 +679,40 @@ def _model_sweep(a, out: Path, suffix: str, lim: dict):
     print(model[["level", "method", "k", "pass", "ms", "ratio_to_dense", "roofline_ratio", "samples_per_s"] +
                 [c for c in ("saved_mb", "peak_mb") if c in model]].to_string(index=False), flush=True)
 
+# %% ../../nbs/20_bench_cpu.ipynb #k28a0002
+def _kernel_sweep(a, out: Path, suffix: str, info: dict):
+    "The compiled kernel's set (see above) at each of `--kernel-threads`; --quick: tiny shapes."
+    import pandas as pd
+    q, rep2 = a.quick, max(1, a.repeats // 2)
+    files = {p: out / f"bench_kernel_{p}{suffix}.csv" for p in ("ffn", "model", "smollm")}
+    rows, limits = {p: [] for p in files}, {}
+    def add(part, new, t):
+        rows[part] += [dict(r, threads=t) for r in new]
+        pd.DataFrame(rows[part]).to_csv(files[part], index=False)
+    for t in a.kernel_threads:
+        torch.set_num_threads(t)
+        limits[t] = lim = machine_limits(a.device, **(dict(size=256, mb=8) if q else {}))
+        (out / f"bench_kernel_machine{suffix}.json").write_text(json.dumps({**info, "limits": limits}, indent=1))
+        shape = dict(d=64, d_ff=256, batch=4, seq_len=32, n_experts=4) if q else {}
+        for k in ((2,) if q else (2, 4, 8, 16)):
+            add("ffn", bench_ffn(**shape, ks=(k,), levels=("sequence", "task"), tasks=(1, 4), repeats=a.repeats,
+                                 memory=False, limits=lim, methods=("moe",) * (k <= 4) + ("meo", "meo-cpp")), t)
+        cfg, mb = (_quick_config(), dict(batch=4, seq_len=32, n_experts=4, ks=(2,))) if q else \
+            (None, dict(batch=a.kernel_model_batch, ks=(4,)))
+        add("model", bench_model(cfg, **mb, levels=("sequence", "task"), tasks=(1, 4), methods=("meo-cpp",),
+                                 repeats=rep2, memory=False, limits=lim), t)
+        add("smollm", bench_smollm("cpu", torch.float32, ks=(2, 4), n=8, levels=("sequence",), batch=2, seq_len=128,
+                                   repeats=rep2, dry_run=q, methods=("moe", "meo-cpp"), passes=("train", "prefill"),
+                                   limits=lim), t)
+        release_memory()
+    for p in ("ffn", "model"):
+        df = pd.DataFrame(rows[p])
+        print(df.pivot_table(index=["pass", "level", "tasks", "method"], columns=["threads", "k"], sort=False,
+                             values="ratio_to_dense").round(2), flush=True)
+    print(pd.DataFrame(rows["smollm"])[["threads", "method", "k", "pass_", "ms", "vs_dense", "roofline_ms"]]
+          .to_string(index=False), flush=True)
+
+
 # %% ../../nbs/20_bench_cpu.ipynb #6ec8eb24
 def _generate_sweep(a, out: Path, suffix: str, lim: dict):
     "Generation tokens/s (bench_generate), the bench_generate CSV; --quick: a tiny Llama, batches 1 and 2."
@@ -666,6 +738,7 @@ def main(argv=None):
     info = {**lim, "torch": torch.__version__,
             "command": "python -m meo.bench.cpu " + " ".join(argv if argv is not None else sys.argv[1:])}
     if a.generate: return _generate_sweep(a, out, suffix, lim)        # the generation benchmark alone
+    if a.kernel: return _kernel_sweep(a, out, suffix, info)            # the compiled kernel's set alone
     if not a.no_layer: _layer_sweep(a, out, suffix, info)
     elif not a.no_model:                                                 # keep the FFN sweep's record, add this run's
         mpath = out / f"bench_machine{suffix}.json"

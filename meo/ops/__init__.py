@@ -219,7 +219,7 @@ class Backend:
 
 BACKENDS: dict = {}                                            # name -> Backend, the registered ones
 BUILTIN = {"torch": "meo.ops.cpu", "triton": "meo.ops.triton", "cpp": "meo.ops.cpp",   # name -> module registering it
-           "auto": "meo.ops.cpp"}                      # the default: 'cpp' on float32 CPU tensors where it builds, else 'torch'
+           "auto": "meo.ops.cpp"}          # the default: 'cpp' on float32 CPU tensors where it builds, else 'torch'
 
 def register_backend(name: str, fn: Callable, options: tuple = (), check: Callable | None = None,
                      about: str = "", apply: Callable | None = None) -> Backend:

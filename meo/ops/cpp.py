@@ -86,7 +86,7 @@ GRAD_BLOCK = (32, 512)     # backward: (output rows, input columns) of a block o
 
 def _panels_per_block(index: Tensor, I: int) -> int:
     "Blocks of NB output rows whose experts in use (n_used * NB * I floats each) fit BLOCK_BYTES: reused by all rows."
-    return max(1, BLOCK_BYTES // (int(index.unique().numel()) * I * NB * 4))
+    return max(1, BLOCK_BYTES // max(1, int(index.unique().numel()) * I * NB * 4))     # no row or no input: 1
 
 class _MergedCpp(torch.autograd.Function):
     "The kernel's forward; backward: dx, dweight, dbias, dgate from the kernel (merges made again, never kept)."
@@ -139,7 +139,8 @@ def merged_product_cpp(x: Tensor,            # (B, L, I) float32: the tokens, fl
     "The merged product on a call's spans: the compiled kernel, or the same in plain torch where it is not built."
     B, L, I = x.shape
     args = (x.reshape(B * L, I).contiguous(), weight.contiguous(), None if bias is None else bias.contiguous(),
-            index.contiguous(), gate.contiguous(), row_ptr.contiguous(), span_start.contiguous(), span_len.contiguous())
+            index.contiguous(), gate.float().contiguous(), row_ptr.contiguous(), span_start.contiguous(),
+            span_len.contiguous())
     y = _MergedCpp.apply(*args) if cpp_available() else _spans_torch(*args)
     return y.view(B, L, -1)
 
