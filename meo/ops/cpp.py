@@ -142,7 +142,7 @@ def merged_product_cpp(x: Tensor,            # (B, L, I) float32: the tokens, fl
             index.contiguous(), gate.float().contiguous(), row_ptr.contiguous(), span_start.contiguous(),
             span_len.contiguous())
     y = _MergedCpp.apply(*args) if cpp_available() else _spans_torch(*args)
-    return y.view(B, L, -1)
+    return y.view(B, L, weight.shape[1])
 
 # %% ../../nbs/02d_ops_cpp.ipynb #cpp00038
 def cpp_backend(x: Tensor,              # (B, L, I)
