@@ -696,7 +696,7 @@ def _kernel_sweep(a, out: Path, suffix: str, info: dict):
         shape = dict(d=64, d_ff=256, batch=4, seq_len=32, n_experts=4) if q else {}
         for k in ((2,) if q else (2, 4, 8, 16)):
             add("ffn", bench_ffn(**shape, ks=(k,), levels=("sequence", "task"), tasks=(1, 4), repeats=a.repeats,
-                                 memory=False, limits=lim, methods=("moe",) * (k <= 4) + ("meo", "meo-cpp")), t)
+                                 memory=False, limits=lim, methods=("moe",) * (k == 2) + ("meo", "meo-cpp")), t)
         cfg, mb = (_quick_config(), dict(batch=4, seq_len=32, n_experts=4, ks=(2,))) if q else \
             (None, dict(batch=a.kernel_model_batch, ks=(4,)))
         add("model", bench_model(cfg, **mb, levels=("sequence", "task"), tasks=(1, 4), methods=("meo-cpp",),
