@@ -4,7 +4,7 @@
 
 # %% ../nbs/01_routing.ipynb #7568056c
 from __future__ import annotations
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from contextlib import nullcontext
 import torch
 from torch import nn, Tensor
@@ -45,10 +45,12 @@ class SegmentState:
     count: Tensor   # (B,) long: real tokens seen so far
     index: Tensor | None = None   # (B, k) evaluation: the experts of the segment the next token falls in
     gate: Tensor | None = None    # (B, k) their gates
+    until: int = 0                # steps that surely complete no segment, +1 (eager evaluation; 0: test each step)
+    step: tuple | None = None     # (group (B, 1), n_real (B,), aux ()) of an unpadded one-token step, made once
 
     def select(self, index: Tensor) -> "SegmentState":
-        "Rows `index` (beam search reorders, batch expansion)."
-        kept = () if self.index is None else (self.index[index], self.gate[index])
+        "Rows `index` (beam search reorders, batch expansion): rows of this state, so no sooner a segment's end."
+        kept = () if self.index is None else (self.index[index], self.gate[index], self.until)
         return SegmentState(self.done[index], self.part[index], self.count[index], *kept)
 
     @property
@@ -60,6 +62,7 @@ class TaskState:
     ids: Tensor     # (B,) long: the task of each example
     index: Tensor   # (B, k): its experts
     gate: Tensor    # (B, k): their gates
+    step: tuple | None = None     # (group (B, 1), n_real (B,), aux ()) of an unpadded one-token step, made once
 
     def select(self, index: Tensor) -> "TaskState":
         "Rows `index` (beam search reorders, batch expansion)."
@@ -362,33 +365,43 @@ def _kept_routing(r: Router, x: Tensor, mask, task_ids, state) -> Routing | None
         if state.count.shape != (B,): return None                              # causal_segments says what is wrong
         new = _segment_step(r, x, mask, state)
     else: return None
-    mask = check_mask(mask, B, L)
-    n_real = mask.sum(1).float() if mask is not None else x.new_full((B,), float(L), dtype=torch.float32)
-    group = torch.arange(B, device=x.device)[:, None].expand(B, L)            # row b: example b
-    return Routing(state.index, state.gate, group, n_real, "example", n_real.new_zeros(()), new)
+    if mask is None and L == 1 and state.step is not None: group, n_real, aux = state.step   # made once
+    else:
+        mask = check_mask(mask, B, L)
+        n_real = mask.sum(1).float() if mask is not None else x.new_full((B,), float(L), dtype=torch.float32)
+        group, aux = torch.arange(B, device=x.device)[:, None].expand(B, L), n_real.new_zeros(())   # row b: example b
+    if mask is None and L == 1 and new.step is None: new = replace(new, step=(group, n_real, aux))
+    return Routing(state.index, state.gate, group, n_real, "example", aux, new)
+
+def _until(count: Tensor, s: int) -> int:
+    "Steps before the first that may complete a segment of `s`, +1: a step adds at most one real token per example."
+    return int((s - count % s).min()) if not torch.compiler.is_compiling() and count.numel() else 0
 
 def _segment_step(r: Router, x: Tensor, mask, state: SegmentState) -> SegmentState:
     "The state after one token (B, 1, d): one add; where a segment completes, the next segment's routing."
     s, B = r.segment_len, x.shape[0]
     xf = x[:, 0].float()
-    if mask is None: count1 = state.count + 1
+    if mask is None: count1, part = state.count + 1, state.part + xf
     else:
         m = check_mask(mask, B, 1)[:, 0]
-        xf, count1 = xf.masked_fill(~m[:, None], 0.), state.count + m
-    part = state.part + xf
+        count1, part = state.count + m, state.part + xf.masked_fill(~m[:, None], 0.)
+    if state.until > 1: return replace(state, part=part, count=count1, until=state.until - 1)   # no test: no sync
     ends = count1 // s > state.count // s                                      # (B,) this token completes a segment
     if not torch.compiler.is_compiling() and not bool(ends.any()):
-        return SegmentState(state.done, part, count1, state.index, state.gate)
+        return replace(state, part=part, count=count1, until=_until(count1, s))
     e = ends[:, None]
     done, part = torch.where(e, state.done + part, state.done), torch.where(e, torch.zeros_like(part), part)
     seg = count1 // s                                                          # (B,) the next token's segment
     u = done / (seg * s).clamp(min=1)[:, None].float()                         # as causal_segments computes it
     u = torch.where((seg == 0)[:, None], r.first_input.float().expand_as(u), u)
     index, gate, _ = noisy_top_k(u, r.w_gate.float(), r.w_noise.float(), r.k, False)
-    return SegmentState(done, part, count1, torch.where(e, index, state.index), torch.where(e, gate, state.gate))
+    return replace(state, done=done, part=part, count=count1, index=torch.where(e, index, state.index),
+                   gate=torch.where(e, gate, state.gate), until=_until(count1, s))
 
 def _keeping(r: Router, new_state: SegmentState | None, keep: Tensor | None, index: Tensor, gate: Tensor):
     "The state an evaluation call leaves: with the routing of each example's next segment (causal) or task (task)."
     if keep is None or keep.shape[0] == 0: return new_state
     if r.level == "task": return TaskState(keep, index[keep], gate[keep])
-    return SegmentState(new_state.done, new_state.part, new_state.count, index[keep], gate[keep])
+    return SegmentState(new_state.done, new_state.part, new_state.count, index[keep], gate[keep],
+                        _until(new_state.count, r.segment_len))
+
