@@ -17,15 +17,15 @@ __all__ = ['DECODE_CACHE_BYTES', 'RoutingStore', 'routing_store']
 
 # %% ../nbs/03c_decoding.ipynb #303c133b
 class RoutingStore:
-    """A generation's routing state, held by its cache as one more of the cache's layers: the prefix sums of every
-    causal layer (`states`, one row per sequence) and the merged weights in use while decoding (`merged`). The cache
-    calls the same methods on it as on its attention layers, so beam search, batch expansion and selection move its
-    rows with theirs; it holds no keys or values, so nothing else of the cache sees it."""
+    """A generation's routing state, held by its cache as one more of the cache's layers: the routing states of every
+    causal or task-level layer (`states`, one row per sequence) and the merged weights in use while decoding
+    (`merged`). The cache calls the same methods on it as on its attention layers, so beam search, batch expansion
+    and selection move its rows with theirs; it holds no keys or values, so nothing else of the cache sees it."""
     is_compileable, is_croppable, supports_early_init, is_sliding, is_initialized = True, False, False, False, True
     keys = values = None
 
     def __init__(self, states: dict | None = None):
-        self.states, self.merged = dict(states or {}), {}      # {layer name: SegmentState}, {layer name: merged}
+        self.states, self.merged = dict(states or {}), {}      # {layer name: Segment/TaskState}, {name: merged}
 
     def __repr__(self): return f"RoutingStore({len(self.states)} states, {len(self.merged)} merged)"
     def _rows(self, index: Tensor):

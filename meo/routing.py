@@ -385,18 +385,18 @@ def _segment_step(r: Router, x: Tensor, mask, state: SegmentState) -> SegmentSta
     else:
         m = check_mask(mask, B, 1)[:, 0]
         count1, part = state.count + m, state.part + xf.masked_fill(~m[:, None], 0.)
-    if state.until > 1: return replace(state, part=part, count=count1, until=state.until - 1)   # no test: no sync
+    eager = not torch.compiler.is_compiling()           # a traced step reads no Python number of the state: no guard
+    if eager and state.until > 1: return replace(state, part=part, count=count1, until=state.until - 1)   # no sync
     ends = count1 // s > state.count // s                                      # (B,) this token completes a segment
-    if not torch.compiler.is_compiling() and not bool(ends.any()):
-        return replace(state, part=part, count=count1, until=_until(count1, s))
+    if eager and not bool(ends.any()): return replace(state, part=part, count=count1, until=_until(count1, s))
     e = ends[:, None]
     done, part = torch.where(e, state.done + part, state.done), torch.where(e, torch.zeros_like(part), part)
     seg = count1 // s                                                          # (B,) the next token's segment
     u = done / (seg * s).clamp(min=1)[:, None].float()                         # as causal_segments computes it
     u = torch.where((seg == 0)[:, None], r.first_input.float().expand_as(u), u)
     index, gate, _ = noisy_top_k(u, r.w_gate.float(), r.w_noise.float(), r.k, False)
-    return replace(state, done=done, part=part, count=count1, index=torch.where(e, index, state.index),
-                   gate=torch.where(e, gate, state.gate), until=_until(count1, s))
+    return SegmentState(done, part, count1, torch.where(e, index, state.index), torch.where(e, gate, state.gate),
+                        _until(count1, s), state.step)
 
 def _keeping(r: Router, new_state: SegmentState | None, keep: Tensor | None, index: Tensor, gate: Tensor):
     "The state an evaluation call leaves: with the routing of each example's next segment (causal) or task (task)."
