@@ -94,6 +94,12 @@ def _bench_smollm():
     from meo.bench.cpu import smollm_speed
     return smollm_speed(_csv("bench_smollm.csv")).map(lambda v: f"{v:.2f}" if v < 10 else f"{v:.1f}")
 
+def _bench_generate():
+    g = _csv("bench_generate.csv")
+    g = g[g.blocks == "all"].assign(level=lambda d: d.level.fillna("–"), k=lambda d: d.k.fillna(0).astype(int))
+    return g.pivot_table(index=["decoding", "level", "k", "method"], columns="batch", values="tok_s",
+                         sort=False).map(lambda v: "–" if v != v else f"{v:.1f}")
+
 def _smollm(name, csv):
     import meo.experiments.tables as E
     return E.summary_table(name, _csv(f"{csv}.csv"), _csv(f"{csv}_speed.csv"))
@@ -137,6 +143,10 @@ TABLES = {
                      "SmolLM2-135M's shape, float32, two threads, random weights, n = 8: tokens/s of a training step "
                      "on 4 x 256 tokens and of generate() (8 x 48 new tokens), `meo.bench.cpu.smollm_speed`", _bench_smollm,
                      {"needs": ["bench_smollm.csv"]}),
+    "bench-generate": ("`results/bench_generate.csv`, made by `python -m meo.bench.cpu --generate --gen-committed`",
+                       "SmolLM2-135M's shape cut to 8 blocks, float32, random weights and routers, n = 8, 48-token "
+                       "prompts, 64 new tokens: generate() tokens/s (`meo.bench.cpu.bench_generate`)", _bench_generate,
+                       {"needs": ["bench_generate.csv"]}),
     "smollm": (f"`results/smollm_offline.csv` and `smollm_offline_speed.csv`, made by {_SMOLLM_CMD}",
                "`meo.experiments.tables.summary_table`", lambda: _smollm("smollm", "smollm_offline"),
                {"needs": ["smollm_offline.csv", "smollm_offline_speed.csv"], "figure": "smollm_offline.png"}),

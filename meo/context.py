@@ -29,8 +29,8 @@ class CallContext:
     pooled: Tensor | None = None           # (B, d) router input of cross-routed layers (pooled encoder states)
     cache: object = None                   # the generation cache of the call
     past: int = 0                          # tokens already in the cache
-    states: dict | None = None             # prefix sums carried in by the cache (a copy: read only)
-    new_states: dict = field(default_factory=dict)  # this call's prefix sums, for the next step
+    states: dict | None = None             # routing states carried in by the cache (a copy: read only)
+    new_states: dict = field(default_factory=dict)  # this call's routing states, for the next step
     store: "RoutingStore | None" = None    # the routing store of the generation cache (merged weights kept)
     aux_scale: float = 1.0                 # weight of the aux loss's gradient (1 / gradient accumulation steps)
 
@@ -137,6 +137,8 @@ class StackContext:
                 raise ValueError(f"{layer._meo_name} routes on the encoder output, but its decoder was called without "
                                  "encoder_hidden_states")
             pooled = call.pooled
+        if r.level == "task" and state is None and call is not None and call.states is not None:
+            state = call.states.get(layer._meo_name)                   # the routing of the last step, if any
         if r.level == "sequence" and r.segment_len and state is None and call is not None:
             state = call.states.get(layer._meo_name) if call.states is not None else None
             if state is None and not torch.compiler.is_compiling() and call.past:
@@ -208,7 +210,7 @@ def _stack_pre_hook(module, args, kwargs):
                          f"of {type(module).__name__} (expected ({shape[0]}, >= {shape[1]}))")
     store = routing_store(cache) if cache is not None and st.mode != "bidirectional" else None
     # a cache's routing states count once it holds tokens (a compiled call cannot test that: it takes them as given)
-    carried = store.states if store is not None and st.mode == "causal" else None
+    carried = store.states if store is not None else None
     states = dict(carried) if carried is not None and (torch.compiler.is_compiling() or past) else None
     if store is None and cache is not None and st.mode != "bidirectional" and _cache_layers(cache) is not None:
         store = RoutingStore()                                        # the cache gets it when the call returns
@@ -230,7 +232,7 @@ def _stack_post_hook(module, args, kwargs, output):
     if layers is None: return                                         # no cache (use_cache=False), or not a Cache
     store = call.store if call.store is not None and cache is call.cache else routing_store(cache)
     if store is None: store = RoutingStore()
-    if st.mode == "causal" and call.new_states: store.states = dict(call.new_states)
+    if call.new_states: store.states = dict(call.new_states)
     if not any(l is store for l in layers): layers.append(store)      # after the model's layers: none is at its index
 
 # %% ../nbs/03d_context.ipynb #1fff7c35

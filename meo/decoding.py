@@ -17,15 +17,15 @@ __all__ = ['DECODE_CACHE_BYTES', 'RoutingStore', 'routing_store']
 
 # %% ../nbs/03c_decoding.ipynb #303c133b
 class RoutingStore:
-    """A generation's routing state, held by its cache as one more of the cache's layers: the prefix sums of every
-    causal layer (`states`, one row per sequence) and the merged weights in use while decoding (`merged`). The cache
-    calls the same methods on it as on its attention layers, so beam search, batch expansion and selection move its
-    rows with theirs; it holds no keys or values, so nothing else of the cache sees it."""
+    """A generation's routing state, held by its cache as one more of the cache's layers: the routing states of every
+    causal or task-level layer (`states`, one row per sequence) and the merged weights in use while decoding
+    (`merged`). The cache calls the same methods on it as on its attention layers, so beam search, batch expansion
+    and selection move its rows with theirs; it holds no keys or values, so nothing else of the cache sees it."""
     is_compileable, is_croppable, supports_early_init, is_sliding, is_initialized = True, False, False, False, True
     keys = values = None
 
     def __init__(self, states: dict | None = None):
-        self.states, self.merged = dict(states or {}), {}      # {layer name: SegmentState}, {layer name: merged}
+        self.states, self.merged = dict(states or {}), {}      # {layer name: Segment/TaskState}, {name: merged}
 
     def __repr__(self): return f"RoutingStore({len(self.states)} states, {len(self.merged)} merged)"
     def _rows(self, index: Tensor):
@@ -33,7 +33,7 @@ class RoutingStore:
     def reorder_cache(self, beam_idx: Tensor): self._rows(beam_idx)
     def batch_select_indices(self, indices: Tensor): self._rows(indices)
     def batch_repeat_interleave(self, repeats: int):
-        n = next(iter(self.states.values())).count.shape[0] if self.states else 0
+        n = next(iter(self.states.values())).rows if self.states else 0
         self._rows(torch.arange(n).repeat_interleave(repeats))
     def crop(self, tokens_to_remove: int):
         raise RuntimeError("a cache with meo routing states cannot be cropped (assisted or contrastive decoding): "
@@ -72,19 +72,22 @@ def _decode(layer: MEOLinear, h: Tensor, r: Routing, store: dict) -> Tensor | No
     "Without autograd, in a generation: the product from merged weights kept in `store`, or in expert space."
     B, T = h.shape[:2]
     if DECODE_CACHE_BYTES <= 0: return None                               # nothing kept: the full product
-    if T == 1: eg = r.group[:, 0]                                         # (B,) each row's gate row (its one token's)
-    else:                                      # a prompt: kept where each sequence has one routing (task, encoder's)
-        if layer.router.level == "token" or (lay := row_layout(r)).example_row is None: return None
-        r, eg = lay, lay.example_row
-    # the rows in use only: a causal router also routes the segment after the current one, whose prefix changes
-    # with every token, and keying on it would merge anew at every step
-    index, gate = r.index[eg], r.gate[eg]                                 # (B, k)
+    if T == 1 and r.grouping == "example": index, gate = r.index, r.gate  # a router's decoding step: row b, example b
+    else:
+        if T == 1: eg = r.group[:, 0]                                     # (B,) each row's gate row (its one token's)
+        else:                                  # a prompt: kept where each sequence has one routing (task, encoder's)
+            if layer.router.level == "token" or (lay := row_layout(r)).example_row is None: return None
+            r, eg = lay, lay.example_row
+        # the rows in use only: a causal router also routes the segment after the current one, whose prefix changes
+        # with every token, and keying on it would merge anew at every step
+        index, gate = r.index[eg], r.gate[eg]                             # (B, k)
     if layer.router.level == "token": return _expert_space(layer, h, index, gate)   # routed anew at every token
     name, version = getattr(layer, "_meo_name", id(layer)), (layer.weight._version, h.dtype)
     kept = store.get(name)
     if (kept is None or kept.version != version or kept.index.shape != index.shape
             or (kept.layout is not None and kept.layout.token_row.shape[1] != T)
-            or not (torch.equal(kept.index, index) and torch.equal(kept.gate, gate))):
+            or not ((kept.index is index and kept.gate is gate)       # the router kept its routing: nothing to test
+                    or (torch.equal(kept.index, index) and torch.equal(kept.gate, gate)))):
         kept = store[name] = _keep(layer, kept if kept is not None and kept.version == version else None,
                                    index, gate, version, h.dtype, T)
     if kept.layout is None: return _expert_space(layer, h, index, gate) if T == 1 else None

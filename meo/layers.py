@@ -220,7 +220,7 @@ class MEOLinear(ExpertLinear):
 
     def product(self, h: Tensor, r: Routing) -> Tensor:
         if self.token_attn is not None: h = self.token_attn(h)
-        h = h.to(_compute_dtype(self, h))
+        if h.dtype != (dt := _compute_dtype(self, h)): h = h.to(dt)
         y = self.context.merged(self, h, r) if self.context is not None else None     # decoding: what the store keeps
         if y is not None: return y
         lay = row_layout(r)                                             # which tokens share a merged weight: once

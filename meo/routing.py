@@ -4,7 +4,7 @@
 
 # %% ../nbs/01_routing.ipynb #7568056c
 from __future__ import annotations
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from contextlib import nullcontext
 import torch
 from torch import nn, Tensor
@@ -13,8 +13,8 @@ import torch.distributed as dist
 from .core import LEVELS, check_choice, check_int, check_experts
 
 # %% auto #0
-__all__ = ['GROUPINGS', 'check_mask', 'masked_mean', 'SegmentState', 'causal_segments', 'top_k', 'cv_squared', 'prob_in_top_k',
-           'noisy_top_k', 'balance_loss', 'Routing', 'check_task_ids', 'autocast_off', 'Router']
+__all__ = ['GROUPINGS', 'check_mask', 'masked_mean', 'SegmentState', 'TaskState', 'causal_segments', 'top_k', 'cv_squared',
+           'prob_in_top_k', 'noisy_top_k', 'balance_loss', 'Routing', 'check_task_ids', 'autocast_off', 'Router']
 
 # %% ../nbs/01_routing.ipynb #11136e44
 def check_mask(mask: Tensor | None, B: int, L: int) -> Tensor | None:
@@ -43,10 +43,33 @@ class SegmentState:
     done: Tensor    # (B, d) float32: sum of the real tokens of completed segments
     part: Tensor    # (B, d) float32: sum of the real tokens of the current, incomplete segment
     count: Tensor   # (B,) long: real tokens seen so far
+    index: Tensor | None = None   # (B, k) evaluation: the experts of the segment the next token falls in
+    gate: Tensor | None = None    # (B, k) their gates
+    until: int = 0                # steps that surely complete no segment, +1 (eager evaluation; 0: test each step)
+    step: tuple | None = None     # (group (B, 1), n_real (B,), aux ()) of an unpadded one-token step, made once
 
     def select(self, index: Tensor) -> "SegmentState":
+        "Rows `index` (beam search reorders, batch expansion): rows of this state, so no sooner a segment's end."
+        kept = () if self.index is None else (self.index[index], self.gate[index], self.until)
+        return SegmentState(self.done[index], self.part[index], self.count[index], *kept)
+
+    @property
+    def rows(self) -> int: return self.count.shape[0]
+
+@dataclass(frozen=True)
+class TaskState:
+    "What a task-level layer keeps between decoding steps (evaluation): each example's task and its routing."
+    ids: Tensor     # (B,) long: the task of each example
+    index: Tensor   # (B, k): its experts
+    gate: Tensor    # (B, k): their gates
+    step: tuple | None = None     # (group (B, 1), n_real (B,), aux ()) of an unpadded one-token step, made once
+
+    def select(self, index: Tensor) -> "TaskState":
         "Rows `index` (beam search reorders, batch expansion)."
-        return SegmentState(self.done[index], self.part[index], self.count[index])
+        return TaskState(self.ids[index], self.index[index], self.gate[index])
+
+    @property
+    def rows(self) -> int: return self.ids.shape[0]
 
 def _segment_sums(xf: Tensor, m: Tensor, s: int, state: SegmentState, J: int):
     """Each token's segment offset from the chunk's first segment (B, T), the prefix sums before each of the J segments
@@ -187,7 +210,7 @@ class Routing:
     n_real: Tensor           # (G,) float32: the real (unpadded) tokens each row serves
     grouping: str            # 'example', 'examples' or 'runs': what `group` is known to look like (see above)
     aux_loss: Tensor         # () float32: the load-balancing loss of this call
-    state: SegmentState | None = None   # causal routing: prefix sums after this call, for the next decoding step
+    state: SegmentState | TaskState | None = None   # what the next decoding step starts from (causal, task level)
 
     @property
     def n_groups(self) -> int: return self.index.shape[0]
@@ -280,18 +303,23 @@ class Router(nn.Module):
             raise ValueError(f"router input has shape {tuple(x.shape)}: "
                              f"expected (batch, seq_len, in_features={self.in_features})")
         with autocast_off(x.device.type):                                       # float32 under autocast too
-            u, row_weight, group, n_real, grouping, new_state = _level_inputs(self, x, mask, task_ids, pooled, state)
+            if not self.training and (kept := _kept_routing(self, x, mask, task_ids, state)) is not None: return kept
+            u, row_weight, group, n_real, grouping, new_state, keep = _level_inputs(self, x, mask, task_ids, pooled,
+                                                                                    state)
             noisy = self.noisy and self.training
             rows = _noise_rows(group, u.shape[0]) if noisy and grouping != "example" and self.level != "token" else None
             index, gate, load = noisy_top_k(u.float(), self.w_gate.float(), self.w_noise.float(), self.k, noisy,
                                             self.noise_eps, rows)
-            sync = self.sync_aux and self.training and _distributed()          # one loss for the global batch
+            if not self.training: return Routing(index, gate, group, n_real, grouping, n_real.new_zeros(()),
+                                                 _keeping(self, new_state, keep, index, gate))   # no balance loss
+            sync = self.sync_aux and _distributed()                            # one loss for the global batch
             aux = balance_loss(index, gate, load, row_weight, self.aux_coef, sync)
         return Routing(index, gate, group, n_real, grouping, aux, new_state)
 
 # %% ../nbs/01_routing.ipynb #91cee124
 def _level_inputs(r: Router, x: Tensor, mask, task_ids, pooled, state):
-    "(u (G, d), row weights (G,), group (B, L), n_real (G,), grouping, new causal state) at the router's level."
+    """(u (G, d), row weights (G,), group (B, L), n_real (G,), grouping, new causal state, what a decoding step keeps:
+    the row of the segment each example's next token falls in (causal) or the task ids (task)) at the router's level."""
     B, L, _ = x.shape
     mask = check_mask(mask, B, L)
     dev = x.device
@@ -302,21 +330,78 @@ def _level_inputs(r: Router, x: Tensor, mask, task_ids, pooled, state):
     if r.level == "sequence" and pooled is not None:
         if tuple(pooled.shape) != (B, r.in_features):
             raise ValueError(f"pooled has shape {tuple(pooled.shape)}: expected (batch={B}, {r.in_features})")
-        return pooled, ones, each, per_row, "example", None
+        return pooled, ones, each, per_row, "example", None, None
     if r.level == "sequence" and r.segment_len:
         inputs, first, group, n_real, new_state = causal_segments(x, mask, r.segment_len, state)
         u = torch.where(first[:, None], r.first_input.float().expand_as(inputs), inputs)
-        return u, n_real, group, n_real, "examples" if L == 1 else "runs", new_state   # decoding: one row each
-    if r.level == "sequence": return masked_mean(x, mask), ones, each, per_row, "example", None
+        s, J = r.segment_len, inputs.shape[0] // max(B, 1)                      # example b owns rows bJ..bJ+J-1
+        nxt = torch.arange(B, device=dev) * J + new_state.count // s - (0 if state is None else state.count // s)
+        return u, n_real, group, n_real, "examples" if L == 1 else "runs", new_state, nxt   # decoding: one row each
+    if r.level == "sequence": return masked_mean(x, mask), ones, each, per_row, "example", None, None
     if r.level == "token":
         w = real.reshape(-1) if real is not None else x.new_ones(B * L, dtype=torch.float32)
-        return x.reshape(B * L, x.shape[-1]), w, torch.arange(B * L, device=dev).view(B, L), w, "runs", None
+        return x.reshape(B * L, x.shape[-1]), w, torch.arange(B * L, device=dev).view(B, L), w, "runs", None, None
     t = check_task_ids(task_ids, B, r.n_tasks, dev)                           # one gate row per task: G = n_tasks
     weight = ones.new_zeros(r.n_tasks).index_add_(0, t, ones)                 # examples of each task
     n_real = per_row.new_zeros(r.n_tasks).index_add_(0, t, per_row)
-    return r.task_embed, weight, t[:, None].expand(B, L), n_real, "examples", None
+    return r.task_embed, weight, t[:, None].expand(B, L), n_real, "examples", None, t
 
 def _noise_rows(group: Tensor, G: int) -> Tensor | None:
     "The gate rows that serve a token, in order: they alone draw noise, so that empty rows change no random stream."
     if torch.compiler.is_compiling(): return None                             # static shapes: noise for every row
     return torch.zeros(G, dtype=torch.bool, device=group.device).index_fill_(0, group.reshape(-1), True).nonzero()[:, 0]
+
+# %% ../nbs/01_routing.ipynb #78b20a25
+def _kept_routing(r: Router, x: Tensor, mask, task_ids, state) -> Routing | None:
+    "In evaluation: a decoding step's routing from the state the step before left (None: route as usual)."
+    B, L, _ = x.shape
+    if state is None or getattr(state, "index", None) is None or B == 0: return None
+    if r.level == "task" and isinstance(state, TaskState) and not torch.compiler.is_compiling():
+        t = torch.as_tensor(task_ids) if task_ids is not None else None
+        if t is None or (t is not state.ids and (t.shape != state.ids.shape or not torch.equal(t, state.ids))):
+            return None                                                       # other tasks: route them
+        new = state
+    elif r.level == "sequence" and r.segment_len and L == 1 and isinstance(state, SegmentState):
+        if state.count.shape != (B,): return None                              # causal_segments says what is wrong
+        new = _segment_step(r, x, mask, state)
+    else: return None
+    if mask is None and L == 1 and state.step is not None: group, n_real, aux = state.step   # made once
+    else:
+        mask = check_mask(mask, B, L)
+        n_real = mask.sum(1).float() if mask is not None else x.new_full((B,), float(L), dtype=torch.float32)
+        group, aux = torch.arange(B, device=x.device)[:, None].expand(B, L), n_real.new_zeros(())   # row b: example b
+    if mask is None and L == 1 and new.step is None: new = replace(new, step=(group, n_real, aux))
+    return Routing(state.index, state.gate, group, n_real, "example", aux, new)
+
+def _until(count: Tensor, s: int) -> int:
+    "Steps before the first that may complete a segment of `s`, +1: a step adds at most one real token per example."
+    return int((s - count % s).min()) if not torch.compiler.is_compiling() and count.numel() else 0
+
+def _segment_step(r: Router, x: Tensor, mask, state: SegmentState) -> SegmentState:
+    "The state after one token (B, 1, d): one add; where a segment completes, the next segment's routing."
+    s, B = r.segment_len, x.shape[0]
+    xf = x[:, 0].float()
+    if mask is None: count1, part = state.count + 1, state.part + xf
+    else:
+        m = check_mask(mask, B, 1)[:, 0]
+        count1, part = state.count + m, state.part + xf.masked_fill(~m[:, None], 0.)
+    eager = not torch.compiler.is_compiling()           # a traced step reads no Python number of the state: no guard
+    if eager and state.until > 1: return replace(state, part=part, count=count1, until=state.until - 1)   # no sync
+    ends = count1 // s > state.count // s                                      # (B,) this token completes a segment
+    if eager and not bool(ends.any()): return replace(state, part=part, count=count1, until=_until(count1, s))
+    e = ends[:, None]
+    done, part = torch.where(e, state.done + part, state.done), torch.where(e, torch.zeros_like(part), part)
+    seg = count1 // s                                                          # (B,) the next token's segment
+    u = done / (seg * s).clamp(min=1)[:, None].float()                         # as causal_segments computes it
+    u = torch.where((seg == 0)[:, None], r.first_input.float().expand_as(u), u)
+    index, gate, _ = noisy_top_k(u, r.w_gate.float(), r.w_noise.float(), r.k, False)
+    return SegmentState(done, part, count1, torch.where(e, index, state.index), torch.where(e, gate, state.gate),
+                        _until(count1, s), state.step)
+
+def _keeping(r: Router, new_state: SegmentState | None, keep: Tensor | None, index: Tensor, gate: Tensor):
+    "The state an evaluation call leaves: with the routing of each example's next segment (causal) or task (task)."
+    if keep is None or keep.shape[0] == 0: return new_state
+    if r.level == "task": return TaskState(keep, index[keep], gate[keep])
+    return SegmentState(new_state.done, new_state.part, new_state.count, index[keep], gate[keep],
+                        _until(new_state.count, r.segment_len))
+

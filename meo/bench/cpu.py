@@ -15,10 +15,11 @@ from ..flops import linear_cost
 from ..ops import cpp as _cpp   # registers the backend "cpp" (nothing is built before its first call)
 
 # %% auto #0
-__all__ = ['METHODS', 'SERVING_MODES', 'SMOLLM2_SHAPE', 'timeit', 'saved_bytes', 'peak_memory', 'FFN', 'ffn_macs',
-           'machine_limits', 'roofline_ms', 'experts_read', 'ffn_roofline', 'model_roofline', 'side_by_side',
-           'bench_ffn', 'projection_parts', 'parts_table', 'release_memory', 'bench_model', 'bench_serving',
-           'bench_smollm', 'smollm_roofline', 'smollm_speed', 'gen_matrices', 'bench_generate', 'plot_layer', 'main']
+__all__ = ['METHODS', 'SERVING_MODES', 'SMOLLM2_SHAPE', 'GEN_DECODING', 'GEN_COMMITTED', 'timeit', 'saved_bytes', 'peak_memory',
+           'FFN', 'ffn_macs', 'machine_limits', 'roofline_ms', 'experts_read', 'ffn_roofline', 'model_roofline',
+           'side_by_side', 'bench_ffn', 'projection_parts', 'parts_table', 'release_memory', 'bench_model',
+           'bench_serving', 'bench_smollm', 'smollm_roofline', 'smollm_speed', 'gen_matrices', 'bench_generate',
+           'plot_layer', 'plot_generate', 'main']
 
 # %% ../../nbs/20_bench_cpu.ipynb #0d1d859c
 def timeit(fn, repeats: int = 5, warmup: int = 1) -> list[float]:
@@ -507,11 +508,55 @@ def _block_weights(model, itemsize: int) -> tuple[int, int]:
     blocks = {getattr(m, "_meo_name", "").rsplit(".", 2)[0] for m in layers}
     return len(blocks), sum(m.out_features * m.in_features for m in layers) * itemsize // max(len(blocks), 1)
 
+# %% ../../nbs/20_bench_cpu.ipynb #7db398de
+GEN_DECODING = {"greedy": dict(do_sample=False), "beam4": dict(do_sample=False, num_beams=4),
+                "sample": dict(do_sample=True, top_k=50), "static-compiled": dict(do_sample=False)}
+
+def _gen_run(model, ids, decoding: str, tokens: int):
+    "One generate() of `tokens` new tokens for prompts `ids` in `decoding` (sampling from a fixed seed)."
+    torch.manual_seed(0)
+    with torch.no_grad():
+        model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=tokens, min_new_tokens=tokens,
+                       pad_token_id=2, **GEN_DECODING[decoding],
+                       **({"cache_implementation": "static"} if decoding == "static-compiled" else {}))
+
+def _gen_rows(models: dict, ids, decoding: str, new_tokens: int, repeats: int, info: dict) -> list[dict]:
+    """Time `models` ({(blocks, method, level, k): model}) in turn on prompts `ids`, the fastest of `repeats` each; one
+    row each, beside its step bytes and bound (dense's time in this decoding plus the extra bytes at copy speed)."""
+    B, lim, n = ids.shape[0], info["limits"], info["n"]
+    warm = new_tokens if decoding == "static-compiled" else 2       # compiled: for the static cache's own length
+    for m in models.values(): _gen_run(m, ids, decoding, warm)              # warm-up (a compiled forward: compiles)
+    times = {v: [] for v in models}
+    for _ in range(repeats):
+        for v, m in models.items(): times[v] += timeit(lambda: _gen_run(m, ids, decoding, new_tokens), 1, 0)
+    dense_s = min(next(t for v, t in times.items() if v[1] == "dense"))
+    rows, U = [], B * GEN_DECODING[decoding].get("num_beams", 1)             # sequences decoded side by side
+    for (bl, method, level, k), t in times.items():
+        s, nb = min(t), info["blocks"][bl]
+        reads = 1 if method == "dense" else gen_matrices(method, level, n, k, U)
+        bound_s = dense_s + new_tokens * nb * (reads - 1) * info["w"] / (lim["copy_gbs"] * 1e9)
+        rows.append(dict(model="smollm2-135m", layers=info["layers"], blocks=bl, decoding=decoding, method=method,
+                         level=level, k=k, n_experts=None if k is None else n, batch=B, prompt=ids.shape[1],
+                         new_tokens=new_tokens, s=round(s, 4), tok_s=round(B * new_tokens / s, 2),
+                         vs_dense=round(dense_s / s, 4), step_mb=round(reads * info["w"] / 2**20, 3),
+                         bound_tok_s=round(B * new_tokens / bound_s, 2), vs_bound=round(bound_s / s, 4),
+                         copy_gbs=lim["copy_gbs"], threads=torch.get_num_threads()))
+    for r in rows:                                                           # each MEO row beside its MoE row
+        moe = [q for q in rows if q["method"] == "moe" and (q["blocks"], q["level"], q["k"]) ==
+               (r["blocks"], r["level"], r["k"])]
+        r["vs_moe"] = round(r["tok_s"] / moe[0]["tok_s"], 4) if moe and r["method"] != "dense" else None
+    return rows
+
+
 # %% ../../nbs/20_bench_cpu.ipynb #8b3a9c73
 def bench_generate(batches=(1, 4, 8, 32), ks=(2, 4), n: int = 8, levels=("token", "sequence", "task"),
                    blocks=("all", "every:6"), layers: int | None = None, prompt: int = 48, new_tokens: int = 64,
-                   repeats: int = 1, limits: dict | None = None, dry_run: bool = False) -> list[dict]:
-    "Greedy generate() tokens/s of SmolLM2-135M's shape: dense, MoE, MEO, each row beside its step bytes and bound."
+                   repeats: int = 1, limits: dict | None = None, dry_run: bool = False,
+                   decodings=("greedy",), other_batches=(1, 4), other_ks=(2,), compiled=(), compiled_batches=(1,)
+                   ) -> list[dict]:
+    """generate() tokens/s of SmolLM2-135M's shape: dense, MoE, MEO, each row beside its step bytes and bound. Greedy
+    at every batch size, k and level; the other `decodings` ('beam4', 'sample') at `other_batches` for `other_ks`;
+    `compiled` ((method, level, k), ...; dense is added) also with a static cache and a compiled forward."""
     from transformers import LlamaConfig, LlamaForCausalLM
     from meo.testing import tiny_config
     shape = {**SMOLLM2_SHAPE, **({"num_hidden_layers": layers} if layers else {})}
@@ -522,35 +567,30 @@ def bench_generate(batches=(1, 4, 8, 32), ks=(2, 4), n: int = 8, levels=("token"
     variants = [(b, m, l, k) for b in blocks for l in levels for k in ks if k <= n for m in ("moe", "meo")]
     models = {("all", "dense", None, None): _gen_model(base, "dense", None, None, n, None)}
     models.update({v: _gen_model(base, v[1], v[2], v[3], n, None if v[0] == "all" else v[0]) for v in variants})
-    g = torch.Generator().manual_seed(0)
-    rows = []
-    for B in batches:
+    conv = next((m for v, m in models.items() if v[1] != "dense"), None)
+    info = dict(limits=limits, n=n, layers=config.num_hidden_layers, w=_block_weights(conv, 4)[1] if conv else 0,
+                blocks={v[0]: _block_weights(m, 4)[0] for v, m in models.items() if v[1] != "dense"})
+    g, rows = torch.Generator().manual_seed(0), []
+    for B in sorted({*batches, *other_batches, *(compiled_batches if compiled else ())}):
         ids = torch.randint(3, config.vocab_size, (B, prompt), generator=g)
-        def run(model, tokens=new_tokens):
-            with torch.no_grad():
-                model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=tokens,
-                               min_new_tokens=tokens, pad_token_id=2)
-        for m in models.values(): run(m, 2)                                 # warm-up
-        times = {v: [] for v in models}
-        for _ in range(repeats):
-            for v, m in models.items(): times[v] += timeit(lambda: run(m), 1, 0)
-        dense_s = min(times["all", "dense", None, None])
-        w = next(_block_weights(m, 4)[1] for v, m in models.items() if v[1] != "dense")   # one block's O * I bytes
-        for (bl, method, level, k), t in times.items():
-            s, nb = min(t), _block_weights(models[bl, method, level, k], 4)[0]
-            reads = 1 if method == "dense" else gen_matrices(method, level, n, k, B)
-            bound_s = dense_s + new_tokens * nb * (reads - 1) * w / (limits["copy_gbs"] * 1e9)
-            rows.append(dict(model="smollm2-135m", layers=config.num_hidden_layers, blocks=bl, method=method,
-                             level=level, k=k, n_experts=None if k is None else n, batch=B, prompt=prompt,
-                             new_tokens=new_tokens, s=round(s, 4), tok_s=round(B * new_tokens / s, 2),
-                             vs_dense=round(dense_s / s, 4), step_mb=round(reads * w / 2**20, 3),
-                             bound_tok_s=round(B * new_tokens / bound_s, 2), vs_bound=round(bound_s / s, 4),
-                             copy_gbs=limits["copy_gbs"], threads=torch.get_num_threads()))
-        for r in rows[-len(times):]:                                            # each MEO row beside its MoE row
-            moe = [q for q in rows[-len(times):] if q["method"] == "moe" and
-                   (q["blocks"], q["level"], q["k"]) == (r["blocks"], r["level"], r["k"])]
-            r["vs_moe"] = round(r["tok_s"] / moe[0]["tok_s"], 4) if moe else None
+        for dec in ("greedy", *[d for d in decodings if d != "greedy"]):
+            if dec != "greedy" and B not in other_batches or dec == "greedy" and B not in batches: continue
+            some = {v: m for v, m in models.items() if dec == "greedy" or v[1] == "dense" or v[3] in other_ks}
+            rows += _gen_rows(some, ids, dec, new_tokens, repeats, info)
+        if compiled and B in compiled_batches:
+            cm = {v: models[v] for v in models if v[1] == "dense" or (v[0] == "all" and v[1:] in set(compiled))}
+            cm = {v: _compiled(m) for v, m in cm.items()}                  # a copy: the eager model stays eager
+            with torch._dynamo.config.patch(recompile_limit=64):          # graphs of several models, side by side
+                rows += _gen_rows(cm, ids, "static-compiled", new_tokens, repeats, info)
     return rows
+
+def _compiled(model):
+    "A copy of `model` whose forward is compiled (torch.compile, inductor): generate() with a static cache."
+    import copy
+    m = copy.deepcopy(model)
+    m.forward = torch.compile(m.forward)
+    return m
+
 
 # %% ../../nbs/20_bench_cpu.ipynb #a745845b
 import json, sys
@@ -569,6 +609,29 @@ def plot_layer(df, path=None):
     fig.tight_layout()
     if path: fig.savefig(path, dpi=110)
     return fig
+
+# %% ../../nbs/20_bench_cpu.ipynb #f6250364
+def plot_generate(df, path=None):
+    "Greedy tokens/s against batch size, one panel per level: a line per (method, k), dense in every panel."
+    from matplotlib.figure import Figure
+    g = df[(df.decoding == "greedy") & (df.blocks == "all")] if "decoding" in df else df[df.blocks == "all"]
+    dense = g[g.method == "dense"].sort_values("batch")
+    levels = [l for l in ("token", "sequence", "task") if l in set(g.level.dropna())]
+    fig = Figure(figsize=(4 * max(len(levels), 1), 3.6))
+    axes = fig.subplots(1, max(len(levels), 1), sharey=True, squeeze=False)[0]
+    for ax, level in zip(axes, levels):
+        ax.plot(dense.batch, dense.tok_s, "k-o", label="dense")
+        for (method, k), d in g[g.level == level].groupby(["method", "k"]):
+            d = d.sort_values("batch")
+            ax.plot(d.batch, d.tok_s, "-" if method == "meo" else "--", marker="o" if method == "meo" else "s",
+                    label=f"{method.upper()} k={int(k)}")
+        ax.set_xscale("log", base=2); ax.set_yscale("log"); ax.set_xticks(sorted(set(g.batch)), sorted(set(g.batch)))
+        ax.set_title(f"{level} level"); ax.set_xlabel("batch size"); ax.grid(alpha=0.3)
+    axes[0].set_ylabel("tokens / s (greedy)"); axes[-1].legend(fontsize=8)
+    fig.tight_layout()
+    if path: fig.savefig(path, dpi=110)
+    return fig
+
 
 # %% ../../nbs/20_bench_cpu.ipynb #4f95bdc8
 def _parser() -> argparse.ArgumentParser:
@@ -616,6 +679,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--gen-ks", type=int, nargs="+", default=[2, 4])
     p.add_argument("--gen-levels", nargs="+", default=["token", "sequence", "task"], choices=list(LEVELS))
     p.add_argument("--gen-blocks", nargs="+", default=["all", "every:6"])
+    p.add_argument("--gen-decodings", nargs="+", default=["greedy"], choices=["greedy", "beam4", "sample"],
+                   help="beam4 and sample: at --gen-other-batches, k = 2")
+    p.add_argument("--gen-other-batches", type=int, nargs="+", default=[1, 4])
+    p.add_argument("--gen-compiled", action="store_true",
+                   help="also dense and MEO (sequence, task; k = 2) with a static cache and a compiled forward, batch 1")
+    p.add_argument("--gen-committed", action="store_true",
+                   help="the committed configuration (GEN_COMMITTED): results/bench_generate.csv and .png")
     return p
 
 # %% ../../nbs/20_bench_cpu.ipynb #2d4a50cb
@@ -714,17 +784,28 @@ def _kernel_sweep(a, out: Path, suffix: str, info: dict):
 
 
 # %% ../../nbs/20_bench_cpu.ipynb #6ec8eb24
+GEN_COMMITTED = dict(batches=(1, 4, 8, 32), ks=(2, 4), levels=("token", "sequence", "task"), blocks=("all",), layers=8,
+                     new_tokens=64, decodings=("greedy", "beam4", "sample"), other_batches=(1,), other_ks=(2,),
+                     compiled=(("meo", "sequence", 2), ("meo", "task", 2)), compiled_batches=(1,), repeats=2)
+
 def _generate_sweep(a, out: Path, suffix: str, lim: dict):
-    "Generation tokens/s (bench_generate), the bench_generate CSV; --quick: a tiny Llama, batches 1 and 2."
+    """Generation tokens/s (bench_generate): the bench_generate CSV and plot; --quick: a tiny Llama, batches 1 and 2;
+    --gen-committed: `GEN_COMMITTED`, the configuration of the committed results (minutes on two cores)."""
     import pandas as pd
-    kw = dict(batches=(1, 2), ks=(2,), n=4, levels=("sequence", "task"), blocks=("all",), prompt=5, new_tokens=3,
-              dry_run=True) if a.quick else \
-        dict(batches=tuple(a.gen_batches), ks=tuple(a.gen_ks), levels=tuple(a.gen_levels), blocks=tuple(a.gen_blocks),
-             layers=a.gen_layers, new_tokens=a.new_tokens)
-    df = pd.DataFrame(bench_generate(**kw, repeats=max(1, a.repeats // 2), limits=lim))
+    if a.quick: kw = dict(batches=(1, 2), ks=(2,), n=4, levels=("sequence", "task"), blocks=("all",), prompt=5,
+                          new_tokens=3, dry_run=True, decodings=("greedy", "beam4", "sample"), other_batches=(1,))
+    elif a.gen_committed: kw = dict(GEN_COMMITTED)
+    else: kw = dict(batches=tuple(a.gen_batches), ks=tuple(a.gen_ks), levels=tuple(a.gen_levels),
+                    blocks=tuple(a.gen_blocks), layers=a.gen_layers, new_tokens=a.new_tokens,
+                    decodings=tuple(a.gen_decodings), other_batches=tuple(a.gen_other_batches),
+                    compiled=(("meo", "sequence", 2), ("meo", "task", 2)) if a.gen_compiled else ())
+    kw.setdefault("repeats", max(1, a.repeats // 2))
+    df = pd.DataFrame(bench_generate(**kw, limits=lim))
     df.to_csv(out / f"bench_generate{suffix}.csv", index=False)
-    print(df[["blocks", "level", "k", "batch", "method", "tok_s", "vs_dense", "vs_moe", "step_mb", "bound_tok_s",
-              "vs_bound"]].to_string(index=False), flush=True)
+    plot_generate(df, out / f"bench_generate{suffix}.png")
+    print(df[["blocks", "decoding", "level", "k", "batch", "method", "tok_s", "vs_dense", "vs_moe", "step_mb",
+              "bound_tok_s", "vs_bound"]].to_string(index=False), flush=True)
+
 
 # %% ../../nbs/20_bench_cpu.ipynb #m00a1b01
 def main(argv=None):

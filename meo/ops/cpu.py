@@ -273,6 +273,7 @@ def _check(merge: str = "auto", block: int | None = None, cols: int | None = Non
 def apply_rows_torch(x: Tensor, W: Tensor, b: Tensor | None, lay: RowLayout) -> Tensor:
     "y[b, t] = x[b, t] W[u]^T + b[u], u = example_row[b], for merged weights W (U, O, I) given: no copy per example."
     if lay.example_row is None: return apply_merged(x, W, b, lay)
+    if W.shape[0] == 1: return F.linear(x, W[0], None if b is None else b[0])   # one routing (batch 1, task): dense's
     y = x.new_empty(*x.shape[:2], W.shape[1])
     _apply(x, W, None if lay.own else lay.members, y)
     return y if b is None else y.add_(b[lay.example_row][:, None, :])
