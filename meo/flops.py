@@ -133,7 +133,9 @@ def linear_cost(in_features: int, out_features: int, batch: int = 1, seq_len: in
 
 # %% ../nbs/07_flops.ipynb #da2cb7c2
 def _count(fn, args, kwargs) -> FlopCounterMode:
-    with torch.no_grad(), FlopCounterMode(display=False) as counter: fn(*args, **kwargs)
+    from meo.ops.cpp import kernel_flop_formulas          # the compiled CPU kernel's ops, counted as the torch backend's
+    with torch.no_grad(), FlopCounterMode(display=False, custom_mapping=kernel_flop_formulas()) as counter:
+        fn(*args, **kwargs)
     return counter
 
 def measure_flops(fn, *args, **kwargs) -> int:

@@ -301,7 +301,8 @@ def bench_layer(device="cuda", dtype=torch.bfloat16, d=768, d_ff=3072, batch=16,
 def write_csv(rows: list[dict], path) -> Path:
     path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0])); w.writeheader(); w.writerows(rows)
+        cols = list(dict.fromkeys(c for r in rows for c in r))           # a column some rows lack (e.g. packed_mb)
+        w = csv.DictWriter(f, fieldnames=cols); w.writeheader(); w.writerows(rows)
     return path
 
 # %% ../../nbs/21_bench_cuda.ipynb #2e922db2

@@ -15,7 +15,7 @@ from .cpu import apply_rows_torch
 
 # %% auto #0
 __all__ = ['SOURCE', 'NB', 'KERNEL_ENV', 'BLOCK_BYTES', 'GRAD_BLOCK', 'build_dir', 'cpp_available', 'merged_product_cpp',
-           'cpp_backend', 'auto_backend']
+           'cpp_backend', 'kernel_flop_formulas', 'auto_backend']
 
 # %% ../../nbs/02d_ops_cpp.ipynb #cpp00025
 SOURCE = Path(find_spec("meo.ops").origin).parent / "csrc" / "merged_linear.cpp"   # package data
@@ -157,6 +157,23 @@ def cpp_backend(x: Tensor,              # (B, L, I)
 
 register_backend("cpp", cpp_backend, apply=apply_rows_torch,
                  about="compiled C++ CPU kernel, the merge fused into brgemm panels (float32; else the torch backend)")
+
+# %% ../../nbs/02d_ops_cpp.ipynb #d31a8c40
+def _fwd_flops(x_shape, weight_shape, *args, out_shape=None, **kwargs) -> int:
+    return 2 * x_shape[0] * weight_shape[1] * weight_shape[2]          # x (N, I), weight (n, O, I)
+
+def _bwd_x_flops(dy_shape, weight_shape, *args, out_shape=None, **kwargs) -> int:
+    return 2 * dy_shape[0] * weight_shape[1] * weight_shape[2]         # dy (N, O)
+
+def _bwd_w_flops(dy_shape, x_shape, weight_shape, *args, out_shape=None, **kwargs) -> int:
+    need_weight, need_gate = args[9], args[10]                         # after bias .. dgate (as the op's schema)
+    return 2 * dy_shape[0] * weight_shape[1] * weight_shape[2] * int(bool(need_weight or need_gate))
+
+def kernel_flop_formulas() -> dict:
+    "FlopCounterMode's `custom_mapping` for the kernel's ops ({} where the kernel is not in use)."
+    if not cpp_available(): return {}
+    ops = torch.ops.meo
+    return {ops.merged_fwd: _fwd_flops, ops.merged_bwd_x: _bwd_x_flops, ops.merged_bwd_w: _bwd_w_flops}
 
 # %% ../../nbs/02d_ops_cpp.ipynb #cpp00061
 def _kernel_takes(x: Tensor, weight: Tensor, bias: Tensor | None) -> bool:
