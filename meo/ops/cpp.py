@@ -14,8 +14,8 @@ from . import merge, register_backend, get_backend, RowLayout, row_layout
 from .cpu import apply_rows_torch
 
 # %% auto #0
-__all__ = ['SOURCE', 'NB', 'KERNEL_ENV', 'BLOCK_BYTES', 'GRAD_BLOCK', 'build_dir', 'cpp_available', 'merged_product_cpp',
-           'cpp_backend', 'kernel_flop_formulas', 'auto_backend']
+__all__ = ['SOURCE', 'NB', 'KERNEL_ENV', 'CFLAGS', 'LDFLAGS', 'BLOCK_BYTES', 'GRAD_BLOCK', 'build_dir', 'cpp_available',
+           'merged_product_cpp', 'cpp_backend', 'kernel_flop_formulas', 'auto_backend']
 
 # %% ../../nbs/02d_ops_cpp.ipynb #cpp00025
 SOURCE = Path(find_spec("meo.ops").origin).parent / "csrc" / "merged_linear.cpp"   # package data
@@ -23,6 +23,11 @@ NB = 32                                  # output rows of a forward block (as in
 KERNEL_ENV = "MEO_CPU_KERNEL"            # "0": never use the kernel
 _CACHE_ENV = "MEO_CACHE"                 # the cache folder, as meo.data.fetch reads it (meo.ops imports no harness)
 _STATE: dict = {}                        # ok (bool, once tried), why (the reason it is not used), seconds, built
+# `at::parallel_for` is inline code: without -fopenmp its OpenMP pragma is dropped and the kernel runs on one thread
+# whatever torch.set_num_threads says. With it, the kernel joins torch's own OpenMP runtime (the same libgomp.so.1,
+# loaded once), so torch's thread count holds for it too.
+_OPENMP = ["-fopenmp"] if torch._C.has_openmp else []
+CFLAGS, LDFLAGS = ["-O3", "-march=native", *_OPENMP], _OPENMP
 
 def _cpu_flags() -> str:
     "The CPU's feature flags (Linux: /proc/cpuinfo), what `-march=native` compiles for."
@@ -34,9 +39,9 @@ def _cpu_flags() -> str:
     return platform.machine() + " " + platform.processor()
 
 def build_dir() -> Path:
-    "Where the kernel is built: `$MEO_CACHE` (else ~/.cache/meo) / cpp / torch version + hash of source and CPU flags."
+    "Where the kernel is built: `$MEO_CACHE` (else ~/.cache/meo) / cpp / torch version + hash of source, compiler and CPU flags."
     root = Path(os.environ.get(_CACHE_ENV) or Path.home() / ".cache" / "meo").expanduser().absolute()
-    key = hashlib.sha256(SOURCE.read_bytes() + _cpu_flags().encode()).hexdigest()[:16]
+    key = hashlib.sha256(SOURCE.read_bytes() + " ".join(CFLAGS + LDFLAGS).encode() + _cpu_flags().encode()).hexdigest()[:16]
     return root / "cpp" / f"torch{torch.__version__.replace('+', '_')}-{key}"
 
 def _compiler() -> str | None:
@@ -56,7 +61,7 @@ def _load(d: Path) -> None:
                 if _compiler() is None: raise RuntimeError("no C++ compiler")
                 from torch.utils.cpp_extension import load
                 load(name="meo_cpp", sources=[str(SOURCE)], build_directory=str(d), is_python_module=False,
-                     extra_cflags=["-O3", "-march=native"], verbose=False)
+                     extra_cflags=CFLAGS, extra_ldflags=LDFLAGS, verbose=False)
                 ok.touch()
                 _STATE["built"] = True
                 return
