@@ -100,6 +100,28 @@ def _bench_generate():
     return g.pivot_table(index=["decoding", "level", "k", "method"], columns="batch", values="tok_s",
                          sort=False).map(lambda v: "–" if v != v else f"{v:.1f}")
 
+def _bench_kernel_ffn():
+    f = _csv("bench_kernel_ffn.csv")
+    f = f.assign(routing=[f"{l}" if l == "sequence" else f"task ({t} per batch)" for l, t in zip(f.level, f.tasks)])
+    t = f[f.method != "dense"].pivot_table(index=["pass", "routing", "method"], columns=["threads", "k"],
+                                           values="ratio_to_dense", sort=False)
+    t.columns = [f"{th} thr, k={k}" for th, k in t.columns]
+    return t.map(lambda v: "–" if v != v else f"{v:.2f}")
+
+def _bench_kernel_model():
+    m = _csv("bench_kernel_model.csv")
+    m = m.assign(routing=[f"{l}" if l == "sequence" else f"task ({t} per batch)" for l, t in zip(m.level, m.tasks)])
+    t = m[m.method != "dense"].pivot_table(index=["pass", "routing"], columns="threads",
+                                           values=["ratio_to_dense", "roofline_ratio"], sort=False)
+    t.columns = [f"{'vs dense' if v == 'ratio_to_dense' else 'bound vs dense'}, {th} thr" for v, th in t.columns]
+    return t.map(lambda v: f"{v:.2f}")
+
+def _bench_kernel_smollm():
+    s = _csv("bench_kernel_smollm.csv").rename(columns={"pass_": "pass"})
+    t = s.pivot_table(index=["pass", "method", "k"], columns="threads", values="vs_dense", sort=False)
+    t.columns = [f"throughput vs dense, {th} thr" for th in t.columns]
+    return t.map(lambda v: f"{v:.2f}")
+
 def _smollm(name, csv):
     import meo.experiments.tables as E
     return E.summary_table(name, _csv(f"{csv}.csv"), _csv(f"{csv}_speed.csv"))
@@ -143,6 +165,17 @@ TABLES = {
                      "SmolLM2-135M's shape, float32, two threads, random weights, n = 8: tokens/s of a training step "
                      "on 4 x 256 tokens and of generate() (8 x 48 new tokens), `meo.bench.cpu.smollm_speed`", _bench_smollm,
                      {"needs": ["bench_smollm.csv"]}),
+    "bench-kernel-ffn": ("`results/bench_kernel_ffn.csv`, made by `python -m meo.bench.cpu --kernel --repeats 2`",
+                         "BERT-base FFN block (768 -> 3072 -> 768), batch 16, 128 tokens, n = 16: time relative to the "
+                         "dense block at 1 and 2 threads (`meo` = the torch backend, `meo-cpp` = the compiled kernel)",
+                         _bench_kernel_ffn, {"needs": ["bench_kernel_ffn.csv"]}),
+    "bench-kernel-model": ("`results/bench_kernel_model.csv`, made by `python -m meo.bench.cpu --kernel --repeats 2`",
+                           "whole BERT-base, k = 4, n = 16, batch 8, 128 tokens, one timing each: the compiled "
+                           "kernel's time relative to dense, and its roofline bound's", _bench_kernel_model,
+                           {"needs": ["bench_kernel_model.csv"]}),
+    "bench-kernel-smollm": ("`results/bench_kernel_smollm.csv`, made by `python -m meo.bench.cpu --kernel --repeats 2`",
+                            "SmolLM2-135M's shape (all 30 blocks, 576 <-> 1536 gated), n = 8, sequence level, 2 x 128 "
+                            "tokens: throughput relative to dense (`vs_dense`: dense's time over the row's, higher is faster)", _bench_kernel_smollm, {"needs": ["bench_kernel_smollm.csv"]}),
     "bench-generate": ("`results/bench_generate.csv`, made by `python -m meo.bench.cpu --generate --gen-committed`",
                        "SmolLM2-135M's shape cut to 8 blocks, float32, random weights and routers, n = 8, 48-token "
                        "prompts, 64 new tokens: generate() tokens/s (`meo.bench.cpu.bench_generate`)", _bench_generate,
