@@ -357,7 +357,7 @@ def _kept_routing(r: Router, x: Tensor, mask, task_ids, state) -> Routing | None
     B, L, _ = x.shape
     if state is None or getattr(state, "index", None) is None or B == 0: return None
     if r.level == "task" and isinstance(state, TaskState) and not torch.compiler.is_compiling():
-        t = torch.as_tensor(task_ids) if task_ids is not None else None
+        t = torch.as_tensor(task_ids, device=state.ids.device) if task_ids is not None else None   # defaults: on CPU
         if t is None or (t is not state.ids and (t.shape != state.ids.shape or not torch.equal(t, state.ids))):
             return None                                                       # other tasks: route them
         new = state
